@@ -1,0 +1,437 @@
+"""The numba backend: the masked reverse scan on the CPU, parallel over rows.
+
+The recursion of `sae_core.estimators` is rewritten as a first-order affine scan over *every*
+position, so that skip mode needs no lookup of next(t). With X_t = gamma * (V_t + c_t * A_t), where
+c_t is the lambda that token t imposes on its predecessor (lam at a boundary, 1 inside a segment
+for sae; lam for gae; 1 for mc; the row's lambda for vapo):
+
+    A_t = u_t + S_{t+1},   u_t = r_t - V_t            (S_{t+1}: the state arriving from the right)
+    S_t = e_t + f_t * S_{t+1},  f_t = gamma * c_t,  e_t = gamma * V_t + f_t * u_t
+    R_t = A_t + V_t = r_t + S_{t+1}   (or r_t + S'_{t+1} with f' = gamma * critic_lam)
+
+A skip-mode masked position is the identity (e = 0, f = 1) and outputs 0; a zero-mode one has
+r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
+
+1. prepare (vectorised): read the inputs once, write the boundaries and e_t, f_t into small buffers;
+2. scan (serial): the only loop-carried chain, run for `LANES` rows in lockstep so their
+   independent multiply-adds fill the pipeline (one row alone waits on each step);
+3. emit (vectorised): A_t and R_t from the inputs (still in cache) and the scanned state.
+
+Checks cost nothing on the hot path: a non-finite input on a valid token (or a mask entry other than
+0/1) turns the scan state NaN, and NaN survives every later step (NaN * 0 is NaN), so one test of the
+final state per row finds every bad row; only those rows are searched for the first bad token.
+
+Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
+lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) takes
+passes without any mask logic over its valid part; in skip mode its padding is identity steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from ..estimators import PROBLEM_COLUMNS, EstimatorSpec, Rows
+
+LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
+CHUNK = 2048  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
+
+_P_MASK = PROBLEM_COLUMNS.index("response_mask")
+_P_REWARDS = PROBLEM_COLUMNS.index("rewards")
+_P_VALUES = PROBLEM_COLUMNS.index("values")
+_P_SCORE = PROBLEM_COLUMNS.index("score")
+_P_OVERFLOW = PROBLEM_COLUMNS.index("overflow")
+_NO_CUTS = np.empty(0, dtype=np.float64)
+
+
+@nb.njit(cache=True, nogil=True)
+def _valid_prefix(mask):  # pragma: no cover - compiled
+    """For a 0/1 uint8 mask slice: k when it is k ones followed by zeros only (right padding), else -1."""
+    rises = np.uint8(0)
+    for q in range(mask.shape[0] - 1):
+        rises |= mask[q + 1] & ~mask[q]  # a 0 followed by a 1
+    if rises & 1:
+        return -1
+    lo, hi = 0, mask.shape[0]  # non-increasing: binary search for the first 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mask[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# Optional inputs are passed as None or an array, and flags as None or True: numba compiles one
+# variant per combination of types and prunes the `is None` branches at compile time. As runtime
+# booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3 (3x slower).
+
+
+@nb.njit(cache=True, nogil=True)
+def _prepare(rewards, values, mask, score, score_sign, cut, given, lam, gamma, critic_f, zero,
+             bnd, e, f, e2, f2):  # pragma: no cover - compiled
+    """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t.
+
+    mask None: every token valid. score / given: where boundaries come from (both None: no
+    segments, and bnd, all False already, is not written). critic_f None: no decoupled critic (e2,
+    f2 unused). zero None: skip mode.
+    """
+    for q in range(rewards.shape[0]):
+        valid = True
+        broken = False
+        if mask is not None:
+            m = mask[q]
+            valid = m != 0
+            broken = valid & (m != 1)
+        # load unconditionally, then select: a load inside a branch stops vectorisation
+        r = np.float64(rewards[q])
+        v = np.float64(values[q])
+        r0 = r if valid else 0.0
+        v0 = v if valid else 0.0
+        b = False
+        check = 0.0
+        c = lam
+        if score is not None:
+            x = np.float64(score[q])
+            b = valid & (score_sign * x < cut)
+            check = 0.0 * (x if valid else 0.0)  # NaN when x is not finite
+            c = lam if b else 1.0
+            bnd[q] = b
+        if given is not None:
+            b = valid & given[q]
+            c = lam if b else 1.0
+            bnd[q] = b
+        keep = valid
+        if zero is not None:
+            keep = True
+        fq = gamma * c if keep else 1.0
+        u = r0 - v0 + check + (np.nan if broken else 0.0)
+        f[q] = fq
+        e[q] = gamma * v0 + fq * u
+        if critic_f is not None:
+            fc = critic_f if keep else 1.0
+            f2[q] = fc
+            e2[q] = gamma * v0 + fc * u
+
+
+@nb.njit(cache=True, nogil=True)
+def _emit(rewards, values, mask, s, s2, zero, adv, ret):  # pragma: no cover - compiled
+    """Pass 3 over one lane's chunk: A_t = r_t - V_t + S, R_t = r_t + S (S' = s2 when not None)."""
+    for q in range(rewards.shape[0]):
+        valid = True
+        if mask is not None:
+            valid = mask[q] != 0
+        r = np.float64(rewards[q])
+        arriving = s[q]
+        critic_arriving = arriving
+        if s2 is not None:
+            critic_arriving = s2[q]
+        # masked: skip mode outputs 0; zero mode has r = V = 0, so A = R = the arriving state
+        masked_a = 0.0
+        masked_r = 0.0
+        if zero is not None:
+            masked_a = arriving
+            masked_r = critic_arriving
+        adv[q] = r - np.float64(values[q]) + arriving if valid else masked_a
+        ret[q] = r + critic_arriving if valid else masked_r
+
+
+@nb.njit(cache=True, nogil=True, fastmath={"contract"})
+def _scan_lanes(e, f, s, first, s0, s1, s2, s3):  # pragma: no cover - compiled
+    """Pass 2: S_t = e_t + f_t * S_{t+1} for four lanes in lockstep, right to left over positions
+    [first, CHUNK) of the [LANES, CHUNK] buffers; s[j, p] gets the state arriving at p."""
+    e0, e1, e2, e3 = e[0], e[1], e[2], e[3]
+    f0, f1, f2, f3 = f[0], f[1], f[2], f[3]
+    o0, o1, o2, o3 = s[0], s[1], s[2], s[3]
+    for p in range(CHUNK - 1, first - 1, -1):
+        o0[p] = s0
+        s0 = e0[p] + f0[p] * s0
+        o1[p] = s1
+        s1 = e1[p] + f1[p] * s1
+        o2[p] = s2
+        s2 = e2[p] + f2[p] * s2
+        o3[p] = s3
+        s3 = e3[p] + f3[p] * s3
+    return s0, s1, s2, s3
+
+
+@nb.njit(cache=True, nogil=True)
+def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
+           starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
+    """Scan the rows `lanes` (at most LANES of them) in lockstep, chunk by chunk from their ends.
+
+    Lane j's row is seen as if it had j * CHUNK / LANES identity steps after its end, so the lanes'
+    chunks start at staggered offsets: rows of a padded batch lie a power of two apart (T * 4 bytes),
+    and unstaggered chunks would all map to the same cache sets and evict each other.
+    """
+    n = lanes.shape[0]
+    e = np.zeros((LANES, CHUNK))
+    f = np.ones((LANES, CHUNK))
+    s = np.empty((LANES, CHUNK))
+    e2 = e
+    f2 = f
+    sc = s
+    if critic_f is not None:
+        e2 = np.zeros((LANES, CHUNK))
+        f2 = np.ones((LANES, CHUNK))
+        sc = np.empty((LANES, CHUNK))
+    # per lane and chunk: buffer position of the first real token, the flat index of that token, the
+    # number of real tokens, and how many of them lead densely (valid; the rest is skip-mode
+    # padding), or -1 for a chunk that needs the mask logic
+    at = np.zeros(LANES, dtype=np.int64)
+    lo = np.zeros(LANES, dtype=np.int64)
+    width = np.zeros(LANES, dtype=np.int64)
+    dense = np.zeros(LANES, dtype=np.int64)
+    virtual_end = np.zeros(LANES, dtype=np.int64)
+    longest = 0
+    for j in range(n):
+        virtual_end[j] = lengths[lanes[j]] + j * (CHUNK // LANES)
+        longest = max(longest, virtual_end[j])
+    a0 = a1 = a2 = a3 = 0.0
+    c0 = c1 = c2 = c3 = 0.0
+    for done in range(0, longest, CHUNK):
+        first = CHUNK
+        for j in range(LANES):
+            width[j] = 0
+            if j < n:
+                i = lanes[j]
+                chunk_end = virtual_end[j] - done  # the chunk covers row positions [chunk_end - CHUNK, chunk_end)
+                row_lo = max(chunk_end - CHUNK, 0)
+                row_hi = min(chunk_end, lengths[i])
+                width[j] = max(row_hi - row_lo, 0)
+                at[j] = row_lo - (chunk_end - CHUNK)
+                lo[j] = starts[i] + row_lo
+            w = width[j]
+            b0 = at[j] if w > 0 else CHUNK
+            k = w
+            if w > 0 and mask is not None:
+                k = _valid_prefix(mask[lo[j]:lo[j] + w])
+                if k < w and zero is not None:
+                    k = -1  # zero mode: padding takes part as r = V = 0 steps
+            dense[j] = k
+            first = min(first, b0)
+            # identity steps (the state passes through unchanged) around the real tokens and, for a
+            # right-padded chunk in skip mode, over its padding
+            b1 = b0 + k if k >= 0 else b0 + w
+            e[j, :b0] = 0.0
+            f[j, :b0] = 1.0
+            e[j, b1:] = 0.0
+            f[j, b1:] = 1.0
+            if critic_f is not None:
+                e2[j, :b0] = 0.0
+                f2[j, :b0] = 1.0
+                e2[j, b1:] = 0.0
+                f2[j, b1:] = 1.0
+            if w == 0:
+                continue
+            i = lanes[j]
+            t0 = lo[j]
+            t1 = t0 + (k if k >= 0 else w)
+            cut = cuts[i] if score is not None else 0.0
+            if k >= 0:
+                _prepare(rewards[t0:t1], values[t0:t1], None, score[t0:t1] if score is not None else None,
+                         score_sign, cut, given[t0:t1] if given is not None else None, lam_rows[i], gamma,
+                         critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
+            elif mask is not None:  # always true here; the test lets numba compile this call only with a mask
+                _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1], score[t0:t1] if score is not None else None,
+                         score_sign, cut, given[t0:t1] if given is not None else None, lam_rows[i], gamma,
+                         critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
+        a0, a1, a2, a3 = _scan_lanes(e, f, s, first, a0, a1, a2, a3)
+        if critic_f is not None:
+            c0, c1, c2, c3 = _scan_lanes(e2, f2, sc, first, c0, c1, c2, c3)
+        for j in range(n):
+            w = width[j]
+            if w == 0:
+                continue
+            k = dense[j]
+            b0 = at[j]
+            t0 = lo[j]
+            t1 = t0 + (k if k >= 0 else w)
+            b1 = b0 + (t1 - t0)
+            lane_s2 = sc[j, b0:b1] if critic_f is not None else None
+            if k >= 0:
+                adv[t1:t0 + w] = 0.0
+                ret[t1:t0 + w] = 0.0
+                _emit(rewards[t0:t1], values[t0:t1], None, s[j, b0:b1], lane_s2, zero, adv[t0:t1], ret[t0:t1])
+            elif mask is not None:
+                _emit(rewards[t0:t1], values[t0:t1], mask[t0:t1], s[j, b0:b1], lane_s2, zero, adv[t0:t1],
+                      ret[t0:t1])
+    # identity steps keep each lane's state once its row is done: these are the final states
+    finals = (a0 + 0.0 * c0, a1 + 0.0 * c1, a2 + 0.0 * c2, a3 + 0.0 * c3)  # NaN if either is not finite
+    for j in range(n):
+        final[lanes[j]] = finals[j]
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _scan(order, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
+          starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
+    """All rows, LANES at a time in the order `order`, blocks spread over the cores."""
+    n_blocks = (order.shape[0] + LANES - 1) // LANES
+    for k in nb.prange(n_blocks):
+        lanes = order[k * LANES:min((k + 1) * LANES, order.shape[0])]
+        _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
+               starts, lengths, adv, ret, bnd, final)
+
+
+@nb.njit(cache=True, nogil=True)
+def _diagnose(rewards, values, mask, score, start, length, out):  # pragma: no cover - compiled
+    """The slow path for a row whose final state is not finite: the first bad token per column."""
+    for k in range(length - 1, -1, -1):  # right to left, so the last write is the first bad token
+        t = start + k
+        valid = True
+        if mask is not None:
+            valid = mask[t] != 0
+            if valid and mask[t] != 1:
+                out[_P_MASK] = k
+        if not valid:
+            continue
+        if not math.isfinite(rewards[t]):
+            out[_P_REWARDS] = k
+        if not math.isfinite(values[t]):
+            out[_P_VALUES] = k
+        if score is not None and not math.isfinite(score[t]):
+            out[_P_SCORE] = k
+    if (out < 0).all():
+        out[_P_OVERFLOW] = 0
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _valid_counts(mask, starts, lengths, out):  # pragma: no cover - compiled
+    for i in nb.prange(starts.shape[0]):
+        n = 0
+        for t in range(starts[i], starts[i] + lengths[i]):
+            n += mask[t] != 0
+        out[i] = n
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _row_quantiles(score, mask, starts, lengths, q, out):  # pragma: no cover - compiled
+    """Per row: numpy's linear-method q-quantile of the valid scores (-inf for an empty row)."""
+    for i in nb.prange(starts.shape[0]):
+        buf = np.empty(lengths[i], dtype=np.float64)
+        n = 0
+        for t in range(starts[i], starts[i] + lengths[i]):
+            if mask is None or mask[t] != 0:
+                buf[n] = score[t]
+                n += 1
+        if n == 0:
+            out[i] = -np.inf
+            continue
+        kept = np.sort(buf[:n])
+        pos = (n - 1) * q
+        below = min(int(math.floor(pos)), n - 1)
+        above = min(below + 1, n - 1)
+        g = pos - below
+        diff = kept[above] - kept[below]
+        # numpy's _lerp, including its switch of formula at g >= 0.5, so ties match it exactly
+        out[i] = kept[above] - diff * (1.0 - g) if g >= 0.5 else kept[below] + diff * g
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _fixed_boundaries(mask, starts, lengths, period, out):  # pragma: no cover - compiled
+    """The k-th valid token of each row (k from 0) is a boundary when k % period == 0."""
+    for i in nb.prange(starts.shape[0]):
+        k = 0
+        for t in range(starts[i], starts[i] + lengths[i]):
+            valid = mask is None or mask[t] != 0
+            out[t] = valid and k % period == 0
+            k += valid
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _delimiter_boundaries(ids, mask, starts, lengths, delimiters, out):  # pragma: no cover - compiled
+    """A valid token is a boundary when the valid token before it is one of `delimiters`."""
+    for i in nb.prange(starts.shape[0]):
+        after = False
+        for t in range(starts[i], starts[i] + lengths[i]):
+            valid = mask is None or mask[t] != 0
+            out[t] = valid and after
+            if valid:
+                after = False
+                for d in delimiters:
+                    if ids[t] == d:
+                        after = True
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _mask_to_uint8(mask, starts, lengths, out, problems):  # pragma: no cover - compiled
+    """out = mask as 0/1 bytes; per row, the first entry other than 0 and 1 goes to problems."""
+    for i in nb.prange(starts.shape[0]):
+        for k in range(lengths[i] - 1, -1, -1):
+            m = mask[starts[i] + k]
+            out[starts[i] + k] = m != 0
+            if m != 0 and m != 1:
+                problems[i, _P_MASK] = k
+
+
+def _as_uint8_mask(mask, starts, lengths, problems):
+    """The kernels read masks as 0/1 uint8: bool as it is, uint8 after a check of its maximum, other
+    dtypes converted and checked in one pass (so every mask dtype shares one compiled kernel)."""
+    if mask is None:
+        return mask
+    if mask.dtype == np.bool_:
+        return mask.view(np.uint8)
+    if mask.dtype == np.uint8 and (mask.size == 0 or mask.max() <= 1):
+        return mask
+    out = np.empty(mask.shape, dtype=np.uint8)
+    _mask_to_uint8(mask, starts, lengths, out, problems)
+    return out
+
+
+def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
+    """Scan every row of `rows`; same contract as `reference.run`."""
+    n = rows.rewards.shape[0]
+    n_rows = rows.starts.shape[0]
+    starts, lengths = rows.starts, rows.lengths
+    problems = np.full((n_rows, len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
+    mask = _as_uint8_mask(rows.mask, starts, lengths, problems)
+    if (problems >= 0).any():
+        return None, None, None, problems
+
+    lam_rows = np.full(n_rows, spec.lam if spec.estimator in ("gae", "sae") else 1.0)
+    if spec.estimator == "vapo":
+        counts = lengths.copy()
+        if mask is not None:
+            _valid_counts(mask, starts, lengths, counts)
+        with np.errstate(divide="ignore"):
+            lam_rows = np.clip(1.0 - 1.0 / (spec.alpha * counts), 0.0, 1.0)
+
+    score = given = None
+    score_sign, cuts = 1.0, _NO_CUTS
+    if spec.boundary in ("logprob", "quantile", "entropy"):
+        score = rows.score
+        if spec.boundary == "logprob":
+            cuts = np.full(n_rows, math.log(spec.threshold))
+        elif spec.boundary == "entropy":
+            score_sign = -1.0  # entropy > h  <=>  -entropy < -h
+            cuts = np.full(n_rows, -spec.entropy_threshold)
+        else:
+            cuts = np.empty(n_rows, dtype=np.float64)
+            _row_quantiles(score, mask, starts, lengths, spec.quantile, cuts)
+    elif spec.boundary == "given":
+        given = rows.given
+    elif spec.boundary == "fixed":
+        given = np.empty(n, dtype=np.bool_)
+        _fixed_boundaries(mask, starts, lengths, spec.segment_length, given)
+    elif spec.boundary == "delimiter":
+        given = np.empty(n, dtype=np.bool_)
+        delimiters = np.asarray(spec.delimiter_ids, dtype=np.int64)
+        _delimiter_boundaries(rows.response_ids, mask, starts, lengths, delimiters, given)
+
+    # rows of similar length share a lockstep scan; padded rows are all alike, so keep them in order
+    uniform = n_rows == 0 or lengths.min() == lengths.max()
+    order = np.arange(n_rows, dtype=np.int64) if uniform else np.argsort(lengths, kind="stable").astype(np.int64)
+    adv = np.empty(n, dtype=compute_dtype)
+    ret = np.empty(n, dtype=compute_dtype)
+    bnd = np.zeros(n, dtype=np.bool_)  # written only where a rule can set a boundary
+    final = np.zeros(n_rows, dtype=np.float64)
+    critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
+    zero = True if spec.mask_mode == "zero" else None
+    _scan(order, rows.rewards, rows.values, mask, score, score_sign, cuts, given, lam_rows, spec.gamma, critic_f,
+          zero, starts, lengths, adv, ret, bnd, final)
+
+    for i in np.flatnonzero(~np.isfinite(final)):
+        _diagnose(rows.rewards, rows.values, mask, score, starts[i], lengths[i], problems[i])
+    return adv, ret, bnd, problems
