@@ -1,0 +1,165 @@
+"""Bad input gets a ValueError (TypeError for unknown options) naming the argument and the row."""
+
+import re
+
+import numpy as np
+import pytest
+
+from sae_core import compute_advantages, compute_advantages_ragged
+
+BACKENDS = ["reference", "numba"]
+
+
+def batch(B=3, T=5):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(B, T)), rng.normal(size=(B, T)), np.ones((B, T)), -rng.exponential(size=(B, T)) - 0.01
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a.update(rewards=a["rewards"][0]), "rewards must be 2-D"),
+        (lambda a: a.update(values=a["values"][:, :4]), r"values has shape \(3, 4\) but rewards has shape \(3, 5\)"),
+        (lambda a: a.update(response_mask=a["response_mask"][:2]), "response_mask has shape"),
+        (lambda a: a.update(logprobs=a["logprobs"].T), "logprobs has shape"),
+        (lambda a: a.update(response_mask=a["response_mask"].astype(complex)), "response_mask must be bool"),
+        (lambda a: a.update(gamma=1.5), r"gamma must be in \[0, 1\]; got 1.5"),
+        (lambda a: a.update(gamma=-0.1), "gamma must be in"),
+        (lambda a: a.update(gamma=float("nan")), "gamma must be finite"),
+        (lambda a: a.update(gamma="0.9"), "gamma must be a real number"),
+        (lambda a: a.update(lam=2.0), "lam must be in"),
+        (lambda a: a.update(critic_lam=-1.0), "critic_lam must be in"),
+        (lambda a: a.update(threshold=0.0), r"threshold is a probability in \(0, 1\]"),
+        (lambda a: a.update(threshold=1.5), "threshold is a probability"),
+        (lambda a: a.update(logprobs=None), "needs logprobs"),
+        (lambda a: a.update(estimator="ppo"), "estimator must be one of"),
+        (lambda a: a.update(mask_mode="drop"), "mask_mode must be one of"),
+        (lambda a: a.update(backend="cuda"), "backend must be one of"),
+        (lambda a: a.update(segment_length=0), "segment_length must be an integer >= 1"),
+        (lambda a: a.update(segment_length=2.5), "segment_length must be an integer"),
+        (lambda a: a.update(quantile=1.5), r"quantile must be in \[0, 1\]"),
+        (lambda a: a.update(delimiter_ids=[], response_ids=np.zeros((3, 5), int)), "delimiter_ids must be a non-empty"),
+        (lambda a: a.update(delimiter_ids=[1]), "needs response_ids"),
+        (lambda a: a.update(delimiter_ids=[1], response_ids=np.zeros((3, 5))), "response_ids must hold integer"),
+        (lambda a: a.update(entropy_threshold=1.0), "needs entropy"),
+        (lambda a: a.update(entropy_threshold=float("inf"), entropy=np.ones((3, 5))), "entropy_threshold must be finite"),
+        (lambda a: a.update(boundary="fixed"), "boundary='fixed' needs the option segment_length"),
+        (lambda a: a.update(boundary="random"), "boundary must be one of"),
+        (lambda a: a.update(segment_length=4, quantile=0.5), "select different boundary rules"),
+        (lambda a: a.update(boundary="quantile", quantile=0.5, segment_length=4), "do not apply to boundary='quantile'"),
+        (lambda a: a.update(boundaries=np.full((3, 5), 2)), "boundaries must hold 0/1"),
+        (lambda a: a.update(estimator="vapo", alpha=0.0, logprobs=None), "alpha must be > 0"),
+    ],
+)
+def test_bad_arguments(change, match):
+    r, v, m, lp = batch()
+    args = {"rewards": r, "values": v, "response_mask": m, "logprobs": lp}
+    change(args)
+    with pytest.raises(ValueError, match=match):
+        compute_advantages(args.pop("rewards"), args.pop("values"), args.pop("response_mask"), **args)
+
+
+@pytest.mark.parametrize("estimator, option", [("gae", "alpha"), ("vapo", "threshold_typo"), ("mc", "segment_length")])
+def test_unknown_option_is_a_type_error(estimator, option):
+    r, v, m, _ = batch()
+    with pytest.raises(TypeError, match=f"estimator '{estimator}'.*unexpected option.*{option}"):
+        compute_advantages(r, v, m, estimator=estimator, **{option: 1})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["rewards", "values", "logprobs"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("token", [0, 2, 4])
+def test_non_finite_on_a_valid_token_names_argument_row_and_token(backend, name, bad, token):
+    r, v, m, lp = batch()
+    arrays = {"rewards": r, "values": v, "logprobs": lp}
+    arrays[name][1, token] = bad
+    arrays[name][2, 0] = bad
+    with pytest.raises(ValueError, match=rf"^{name} has a non-finite value \({bad}\) at row 1, token {token}, "
+                                         r"a valid token .*1 more row"):
+        compute_advantages(r, v, m, logprobs=lp, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["skip", "zero"])
+def test_non_finite_on_a_masked_token_is_fine(backend, mode):
+    r, v, m, lp = batch()
+    m[1, 2] = 0
+    for x in (r, v, lp):
+        x[1, 2] = np.nan
+    out = compute_advantages(r, v, m, logprobs=lp, backend=backend, mask_mode=mode)
+    assert np.isfinite(out.advantages).all() and np.isfinite(out.returns).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entropy_not_finite(backend):
+    r, v, m, _ = batch()
+    ent = np.ones((3, 5))
+    ent[0, 3] = np.nan
+    with pytest.raises(ValueError, match="entropy has a non-finite value .* at row 0, token 3"):
+        compute_advantages(r, v, m, entropy=ent, entropy_threshold=1.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [2, -1, 0.5, np.nan])
+def test_mask_other_than_zero_one(backend, value):
+    r, v, m, lp = batch()
+    m[2, 1] = value
+    with pytest.raises(ValueError, match=rf"response_mask must hold only 0 and 1; row 2, token 1 holds {value}"):
+        compute_advantages(r, v, m, logprobs=lp, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overflow_is_reported_not_returned(backend):
+    r, v, m, _ = batch()
+    v[0] = 1e308
+    r[0] = -1e308
+    with pytest.raises(ValueError, match="overflow to a non-finite value in row 0"):
+        compute_advantages(r, v, m, estimator="gae", gamma=1.0, backend=backend)
+
+
+@pytest.mark.parametrize(
+    "offsets, match",
+    [
+        ([0, 3, 2, 5], r"offsets decrease at row 1: offsets\[1\] = 3 > offsets\[2\] = 2"),
+        ([1, 5], r"offsets\[0\] must be 0"),
+        ([0, 4], r"offsets\[-1\] must equal the number of tokens in rewards \(5\)"),
+        ([0.0, 5.0], "offsets must be integers"),
+        ([[0, 5]], "offsets must be 1-D"),
+        ([], "offsets must be 1-D"),
+    ],
+)
+def test_bad_offsets(offsets, match):
+    x = np.zeros(5)
+    with pytest.raises(ValueError, match=match):
+        compute_advantages_ragged(x, x, np.array(offsets), estimator="gae")
+
+
+def test_ragged_shape_errors():
+    with pytest.raises(ValueError, match="rewards must be 1-D"):
+        compute_advantages_ragged(np.zeros((2, 2)), np.zeros((2, 2)), np.array([0, 4]), estimator="gae")
+    with pytest.raises(ValueError, match=r"values has shape \(4,\) but rewards has shape \(5,\)"):
+        compute_advantages_ragged(np.zeros(5), np.zeros(4), np.array([0, 5]), estimator="gae")
+    with pytest.raises(ValueError, match="response_mask has shape"):
+        compute_advantages_ragged(np.zeros(5), np.zeros(5), np.array([0, 5]), response_mask=np.ones(4),
+                                  estimator="gae")
+
+
+def test_inputs_are_never_modified():
+    r, v, m, lp = batch()
+    m[0, 3:] = 0
+    m = m.astype(bool)
+    before = [x.copy() for x in (r, v, m, lp)]
+    for mode in ("skip", "zero"):
+        compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, critic_lam=1.0)
+        compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, backend="reference")
+    for x, y in zip((r, v, m, lp), before):
+        assert np.array_equal(x, y)
+
+
+def test_messages_are_single_sentences_without_internal_names():
+    r, v, m, lp = batch()
+    r[0, 0] = np.nan
+    with pytest.raises(ValueError) as err:
+        compute_advantages(r, v, m, logprobs=lp)
+    assert not re.search(r"_P_|problems|kernel", str(err.value))
