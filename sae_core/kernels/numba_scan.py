@@ -17,9 +17,10 @@ r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
    independent multiply-adds fill the pipeline (one row alone waits on each step);
 3. emit (vectorised): A_t and R_t from the inputs (still in cache) and the scanned state.
 
-Checks cost nothing on the hot path: a non-finite input on a valid token (or a mask entry other than
-0/1) turns the scan state NaN, and NaN survives every later step (NaN * 0 is NaN), so one test of the
-final state per row finds every bad row; only those rows are searched for the first bad token.
+Checks cost nothing on the hot path: a non-finite input on a valid token turns the scan state NaN,
+and NaN survives every later step (NaN * 0 is NaN), so one test of the final state per row finds
+every bad row; only those rows are searched for the first bad token. Masks reach the kernels as
+0/1 bytes, checked on the way in.
 
 Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
 lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) takes
@@ -80,11 +81,8 @@ def _prepare(rewards, values, mask, score, score_sign, cut, given, lam, gamma, c
     """
     for q in range(rewards.shape[0]):
         valid = True
-        broken = False
         if mask is not None:
-            m = mask[q]
-            valid = m != 0
-            broken = valid & (m != 1)
+            valid = mask[q] != 0
         # load unconditionally, then select: a load inside a branch stops vectorisation
         r = np.float64(rewards[q])
         v = np.float64(values[q])
@@ -107,7 +105,7 @@ def _prepare(rewards, values, mask, score, score_sign, cut, given, lam, gamma, c
         if zero is not None:
             keep = True
         fq = gamma * c if keep else 1.0
-        u = r0 - v0 + check + (np.nan if broken else 0.0)
+        u = r0 - v0 + check
         f[q] = fq
         e[q] = gamma * v0 + fq * u
         if critic_f is not None:
@@ -280,12 +278,7 @@ def _diagnose(rewards, values, mask, score, start, length, out):  # pragma: no c
     """The slow path for a row whose final state is not finite: the first bad token per column."""
     for k in range(length - 1, -1, -1):  # right to left, so the last write is the first bad token
         t = start + k
-        valid = True
-        if mask is not None:
-            valid = mask[t] != 0
-            if valid and mask[t] != 1:
-                out[_P_MASK] = k
-        if not valid:
+        if mask is not None and mask[t] == 0:
             continue
         if not math.isfinite(rewards[t]):
             out[_P_REWARDS] = k
