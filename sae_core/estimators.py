@@ -227,16 +227,9 @@ def compute_advantages(
             "Flat columns with offsets go to compute_advantages_ragged."
         )
     shape = r.shape
-    arrays = {"rewards": r, "values": values, "response_mask": response_mask, **data}
-    flat = {}
-    for name, x in arrays.items():
-        if x is not None:
-            arr = _token_array(name, x, form, shape)
-            flat[name] = np.ascontiguousarray(arr).reshape(-1)
     B, T = shape
-    starts = np.arange(B, dtype=np.int64) * T
-    lengths = np.full(B, T, dtype=np.int64)
-    rows = _rows(flat, form, starts, lengths)
+    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape)
+    rows = _rows(columns, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
     adv, ret, bnd = _run(kernel, spec, rows, form)
     return Advantages(
         to_caller(adv.reshape(shape), form),
@@ -285,12 +278,8 @@ def compute_advantages_ragged(
     if r.ndim != 1:
         raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {r.shape}")
     offs = _check_offsets(offsets, r.shape[0])
-    arrays = {"rewards": r, "values": values, "response_mask": response_mask, **data}
-    flat = {}
-    for name, x in arrays.items():
-        if x is not None:
-            flat[name] = np.ascontiguousarray(_token_array(name, x, form, r.shape))
-    rows = _rows(flat, form, offs[:-1].copy(), np.diff(offs))
+    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, r.shape)
+    rows = _rows(columns, offs[:-1].copy(), np.diff(offs))
     adv, ret, bnd = _run(kernel, spec, rows, form)
     return Advantages(to_caller(adv, form), to_caller(ret, form), to_caller(bnd, form, is_float=False))
 
@@ -458,17 +447,23 @@ def _check_offsets(offsets: Any, n: int) -> np.ndarray:
     return offs
 
 
-def _rows(flat: dict[str, np.ndarray], form: ResultForm, starts: np.ndarray, lengths: np.ndarray) -> Rows:
+def _columns(arrays: dict[str, Any], form: ResultForm, shape: tuple) -> dict[str, np.ndarray]:
+    """Each given per-token array as a checked, contiguous, flat numpy column (a view where possible)."""
+    return {name: np.ascontiguousarray(_token_array(name, x, form, shape)).reshape(-1)
+            for name, x in arrays.items() if x is not None}
+
+
+def _rows(columns: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> Rows:
     return Rows(
-        rewards=flat["rewards"],
-        values=flat["values"],
-        mask=flat.get("response_mask"),
+        rewards=columns["rewards"],
+        values=columns["values"],
+        mask=columns.get("response_mask"),
         starts=starts,
         lengths=lengths,
-        logprobs=flat.get("logprobs"),
-        response_ids=flat.get("response_ids"),
-        entropy=flat.get("entropy"),
-        given=flat.get("boundaries"),
+        logprobs=columns.get("logprobs"),
+        response_ids=columns.get("response_ids"),
+        entropy=columns.get("entropy"),
+        given=columns.get("boundaries"),
     )
 
 
