@@ -1,8 +1,9 @@
-"""Caller arrays (numpy arrays or torch tensors) to numpy and back.
+"""Caller arrays (numpy arrays or torch tensors) in, the same form out.
 
-The estimators compute on numpy views of the caller's memory. This module remembers what the
-caller passed (array type, device, dtype) so results go back in the same form. torch is imported
-only when the caller actually passes a tensor, so sae_core works without torch installed.
+The CPU backends compute on numpy views of the caller's memory; the torch and Triton backends on
+torch tensors where the caller's tensors live. This module remembers what the caller passed (array
+type, device, dtype) so results go back in the same form. torch is imported only when a tensor is
+passed or a torch backend is asked for, so sae_core works without torch installed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ResultForm:
     `compute_dtype` is the numpy float dtype the kernels write (float32 or float64);
     `out_dtype` is what the caller gets (a numpy dtype or a torch dtype), which differs from
     `compute_dtype` only for half precision inputs (float16 / bfloat16 are computed in float32).
+    `device` is the caller's torch device (None for numpy inputs).
     """
 
     torch: bool
@@ -65,6 +67,29 @@ def result_form(rewards: Any, values: Any) -> ResultForm:
     return ResultForm(torch=False, compute_dtype=compute, out_dtype=dtype)
 
 
+def torch_dtype(dtype: Any):
+    """The torch dtype of a numpy dtype."""
+    import torch
+
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
+            np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[np.dtype(dtype)]
+
+
+def kind(x: Any) -> str:
+    """numpy's dtype kind letter ('b', 'i', 'u', 'f', 'c', ...) for an array or a tensor."""
+    if is_tensor(x):
+        import torch
+
+        if x.dtype == torch.bool:
+            return "b"
+        if x.dtype.is_complex:
+            return "c"
+        if x.dtype.is_floating_point:
+            return "f"
+        return "u" if x.dtype == torch.uint8 else "i"
+    return x.dtype.kind
+
+
 def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None) -> np.ndarray:
     """A numpy view of `x` (a copy only where unavoidable: another device, half precision, a cast).
 
@@ -86,17 +111,55 @@ def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = Non
     return x
 
 
-def to_caller(x: np.ndarray, form: ResultForm, *, is_float: bool = True) -> Any:
-    """Return `x` in the caller's array type, dtype (for float outputs) and device."""
+def as_tensor(x: Any, name: str, form: ResultForm, dtype: Any = None):
+    """`x` as a torch tensor on the caller's device (the CPU for numpy callers), without autograd.
+
+    Half precision becomes float32; `dtype` (a numpy dtype) casts when given.
+    """
+    import torch
+
+    device = form.device if form.torch else torch.device("cpu")
+    if is_tensor(x):
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but rewards is on {device}; put them on one device")
+        t = x.detach()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    if dtype is not None and t.dtype != torch_dtype(dtype):
+        t = t.to(torch_dtype(dtype))
+    return t
+
+
+def astype(x: Any, dtype: Any) -> Any:
+    """Cast an array or a tensor to a numpy dtype (no copy when it already has it)."""
+    if is_tensor(x):
+        target = torch_dtype(dtype)
+        return x if x.dtype == target else x.to(target)
+    return x.astype(dtype, copy=False)
+
+
+def flat(x: Any) -> Any:
+    """A contiguous 1-D view (a copy only when `x` is not contiguous)."""
+    if is_tensor(x):
+        return x.contiguous().reshape(-1)
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def to_caller(x: Any, form: ResultForm, *, is_float: bool = True) -> Any:
+    """Return `x` (a numpy array or a tensor) in the caller's array type, dtype and device."""
     if form.torch:
         import torch
 
-        t = torch.from_numpy(x)
+        t = x if is_tensor(x) else torch.from_numpy(x)
         if is_float and t.dtype != form.out_dtype:
             t = t.to(form.out_dtype)
-        if form.device is not None and form.device.type != "cpu":
+        if t.device != form.device:
             t = t.to(form.device)
         return t
+    if is_tensor(x):
+        x = x.cpu().numpy()
     if is_float and x.dtype != form.out_dtype:
         x = x.astype(form.out_dtype)
     return x

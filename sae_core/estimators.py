@@ -34,12 +34,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import ResultForm, as_numpy, is_tensor, result_form, to_caller
+from ._arrays import ResultForm, as_numpy, as_tensor, astype, flat, is_tensor, kind, result_form, to_caller
 
 ESTIMATORS = ("gae", "mc", "sae", "vapo")
 BOUNDARY_RULES = ("logprob", "fixed", "delimiter", "quantile", "entropy", "given")
 MASK_MODES = ("skip", "zero")
-BACKENDS = ("auto", "reference", "numba")
+BACKENDS = ("auto", "reference", "numba", "torch", "triton")
 
 # The option that selects each boundary rule, and the per-token data each rule reads.
 _RULE_OPTION = {
@@ -218,17 +218,18 @@ def compute_advantages(
         TypeError for an option the estimator does not take.
     """
     spec, data = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
-    kernel = _backend(backend)
     form = result_form(rewards, values)
-    r = as_numpy(rewards, "rewards", form)
+    kernel, tensors = _backend(backend, form)
+    r = _token_array("rewards", rewards, form, None, tensors)
     if r.ndim != 2:
         raise ValueError(
             f"rewards must be 2-D [B, T] (padded); got shape {r.shape}. "
             "Flat columns with offsets go to compute_advantages_ragged."
         )
-    shape = r.shape
+    shape = tuple(r.shape)
     B, T = shape
-    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape)
+    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape,
+                       tensors)
     rows = _rows(columns, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
     adv, ret, bnd = _run(kernel, spec, rows, form)
     return Advantages(
@@ -272,13 +273,14 @@ def compute_advantages_ragged(
         Advantages with flat [N] arrays, in the caller's array type, dtype and device.
     """
     spec, data = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
-    kernel = _backend(backend)
     form = result_form(rewards, values)
-    r = as_numpy(rewards, "rewards", form)
+    kernel, tensors = _backend(backend, form)
+    r = _token_array("rewards", rewards, form, None, tensors)
     if r.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {r.shape}")
+        raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {tuple(r.shape)}")
     offs = _check_offsets(offsets, r.shape[0])
-    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, r.shape)
+    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form,
+                       tuple(r.shape), tensors)
     rows = _rows(columns, offs[:-1].copy(), np.diff(offs))
     adv, ret, bnd = _run(kernel, spec, rows, form)
     return Advantages(to_caller(adv, form), to_caller(ret, form), to_caller(bnd, form, is_float=False))
@@ -395,34 +397,34 @@ def _unit_interval(name: str, x: Any) -> float:
     return x
 
 
-def _token_array(name: str, x: Any, form: ResultForm, shape: tuple) -> np.ndarray:
-    """`x` as numpy, checked against the shape of rewards and given the dtype the kernels read."""
-    if name in ("rewards", "values"):
-        arr = as_numpy(x, name, form, dtype=form.compute_dtype)
-    else:
-        arr = as_numpy(x, name, form)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {arr.shape} but rewards has shape {tuple(shape)}")
-    kind = arr.dtype.kind
-    if name == "response_mask" and kind not in "biuf":
+def _token_array(name: str, x: Any, form: ResultForm, shape: tuple | None, tensors: bool) -> Any:
+    """`x` as numpy (or, for the torch backends, a tensor on the caller's device), checked against
+    the shape of rewards and given the dtype the kernels read."""
+    cast = form.compute_dtype if name in ("rewards", "values") else None
+    arr = as_tensor(x, name, form, dtype=cast) if tensors else as_numpy(x, name, form, dtype=cast)
+    if shape is not None and tuple(arr.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(arr.shape)} but rewards has shape {shape}")
+    k = kind(arr)
+    if name == "response_mask" and k not in "biuf":
         raise ValueError(f"response_mask must be bool, int or float 0/1; got dtype {arr.dtype}")
     if name in ("logprobs", "entropy"):
-        if kind not in "iuf":
+        if k not in "iuf":
             raise ValueError(f"{name} must be a float array; got dtype {arr.dtype}")
-        if arr.dtype not in (np.float32, np.float64):
-            arr = arr.astype(np.float64)
-    if name == "response_ids" and kind not in "iu":
-        raise ValueError(f"response_ids must hold integer token ids; got dtype {arr.dtype}")
+        if k != "f":
+            arr = astype(arr, np.float64)
     if name == "response_ids":
-        arr = arr.astype(np.int64, copy=False)
+        if k not in "iu":
+            raise ValueError(f"response_ids must hold integer token ids; got dtype {arr.dtype}")
+        arr = astype(arr, np.int64)
     if name == "boundaries":
-        if kind not in "biu":
+        if k not in "biu":
             raise ValueError(f"boundaries must be bool (or 0/1 int); got dtype {arr.dtype}")
-        if kind != "b":
-            bad = np.flatnonzero((arr != 0) & (arr != 1))
-            if bad.size:
-                raise ValueError(f"boundaries must hold 0/1; flat position {bad[0]} holds {arr.reshape(-1)[bad[0]]}")
-            arr = arr.astype(bool)
+        if k != "b":
+            bad = astype((arr != 0) & (arr != 1), np.uint8).reshape(-1)
+            if bad.any():
+                i = int(bad.argmax())  # the first bad position
+                raise ValueError(f"boundaries must hold 0/1; flat position {i} holds {arr.reshape(-1)[i].item()}")
+            arr = astype(arr, np.bool_)
     return arr
 
 
@@ -447,10 +449,10 @@ def _check_offsets(offsets: Any, n: int) -> np.ndarray:
     return offs
 
 
-def _columns(arrays: dict[str, Any], form: ResultForm, shape: tuple) -> dict[str, np.ndarray]:
-    """Each given per-token array as a checked, contiguous, flat numpy column (a view where possible)."""
-    return {name: np.ascontiguousarray(_token_array(name, x, form, shape)).reshape(-1)
-            for name, x in arrays.items() if x is not None}
+def _columns(arrays: dict[str, Any], form: ResultForm, shape: tuple, tensors: bool) -> dict[str, Any]:
+    """Each given per-token array as a checked, contiguous, flat column (a view where possible):
+    numpy for the CPU backends, tensors on the caller's device for the torch backends."""
+    return {name: flat(_token_array(name, x, form, shape, tensors)) for name, x in arrays.items() if x is not None}
 
 
 def _rows(columns: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> Rows:
@@ -467,16 +469,40 @@ def _rows(columns: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarra
     )
 
 
-def _backend(name: str):
+def _backend(name: str, form: ResultForm):
+    """(run function, whether it takes torch tensors) for a backend name; "auto" picks numba for
+    numpy arrays and CPU tensors, triton for CUDA tensors when triton imports, else torch."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {name!r}")
+    on_gpu = form.torch and form.device.type != "cpu"
+    if name == "auto":
+        name = "numba"
+        if on_gpu:
+            from .kernels import triton_scan
+
+            name = "triton" if triton_scan.available(form.device) else "torch"
     if name == "reference":
         from .kernels import reference
 
-        return reference.run
-    from .kernels import numba_scan
+        return reference.run, False
+    if name == "numba":
+        from .kernels import numba_scan
 
-    return numba_scan.run
+        return numba_scan.run, False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ValueError(f"backend={name!r} needs torch, which is not installed") from None
+    if name == "torch":
+        from .kernels import torch_scan
+
+        return torch_scan.run, True
+    from .kernels import triton_scan
+
+    device = form.device if form.torch else None
+    if not triton_scan.available(device):
+        raise ValueError(triton_scan.unavailable_reason(device))
+    return triton_scan.run, True
 
 
 def _run(kernel, spec: EstimatorSpec, rows: Rows, form: ResultForm):
@@ -497,7 +523,7 @@ def _raise_for_problems(problems: np.ndarray, spec: EstimatorSpec, rows: Rows) -
         t = int(problems[i, col])
         more = f"; {bad_rows.size - 1} more row(s) have one too" if bad_rows.size > 1 else ""
         if name == "response_mask":
-            value = rows.mask[rows.starts[i] + t]
+            value = rows.mask[rows.starts[i] + t].item()
             raise ValueError(f"response_mask must hold only 0 and 1; row {i}, token {t} holds {value}{more}")
         if name == "overflow":
             raise ValueError(
@@ -509,7 +535,7 @@ def _raise_for_problems(problems: np.ndarray, spec: EstimatorSpec, rows: Rows) -
             arr = rows.score
         else:
             arr = getattr(rows, name)
-        value = arr[rows.starts[i] + t]
+        value = arr[rows.starts[i] + t].item()
         raise ValueError(
             f"{name} has a non-finite value ({value}) at row {i}, token {t}, a valid token "
             f"(response_mask is 1 there){more}"

@@ -1,6 +1,17 @@
 import os
 
-from hypothesis import HealthCheck, settings
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:
+    HAS_CUDA = False
+if not HAS_CUDA:
+    # No GPU (CI): Triton kernels run in its interpreter on CPU tensors. Triton reads this when a
+    # kernel is defined, so it must be set before sae_core's Triton module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # No deadline: the first example of a new dtype/flag combination includes numba's compilation.
 settings.register_profile(

@@ -113,6 +113,22 @@ def estimator_kwargs(draw, batch: Batch) -> dict:
     return kw
 
 
+def backends(*, triton_too: bool = True) -> list[str]:
+    """The backends to test here: reference, numba, torch (when torch imports), and triton when its
+    kernels can run on CPU tensors (TRITON_INTERPRET=1, no GPU) and `triton_too`."""
+    names = ["reference", "numba"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return names
+    names.append("torch")
+    from sae_core.kernels import triton_scan
+
+    if triton_too and triton_scan.available(None):
+        names.append("triton")
+    return names
+
+
 def to_ragged(x: np.ndarray) -> np.ndarray:
     """[B, T] -> flat [B * T] (each padded row becomes one ragged row of length T)."""
     return np.ascontiguousarray(x).reshape(-1)

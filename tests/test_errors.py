@@ -5,9 +5,10 @@ import re
 import numpy as np
 import pytest
 
+from helpers import backends
 from sae_core import compute_advantages, compute_advantages_ragged
 
-BACKENDS = ["reference", "numba"]
+BACKENDS = backends()
 
 
 def batch(B=3, T=5):
@@ -145,15 +146,18 @@ def test_ragged_shape_errors():
                                   estimator="gae")
 
 
-def test_inputs_are_never_modified():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_inputs_are_never_modified(backend, with_mask):
     r, v, m, lp = batch()
     m[0, 3:] = 0
-    m = m.astype(bool)
-    before = [x.copy() for x in (r, v, m, lp)]
+    m = m.astype(bool) if with_mask else None
+    arrays = [x for x in (r, v, m, lp) if x is not None]
+    before = [x.copy() for x in arrays]
     for mode in ("skip", "zero"):
-        compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, critic_lam=1.0)
-        compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, backend="reference")
-    for x, y in zip((r, v, m, lp), before):
+        for critic_lam in (None, 1.0):
+            compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, critic_lam=critic_lam, backend=backend)
+    for x, y in zip(arrays, before):
         assert np.array_equal(x, y)
 
 

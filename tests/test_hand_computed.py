@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from helpers import backends
 from sae_core import compute_advantages
 
-BACKENDS = ["reference", "numba"]
+BACKENDS = backends()
 
 # Three valid tokens, gamma = 0.5, lam = 0.5, an outcome reward on the last token.
 R3 = np.array([[0.0, 0.0, 1.0]])

@@ -6,10 +6,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from helpers import batches, estimator_kwargs, tolerance, unit
+from helpers import backends, batches, estimator_kwargs, tolerance, unit
 from sae_core import compute_advantages, compute_advantages_ragged
 
-BACKENDS = ["reference", "numba"]
+BACKENDS = backends(triton_too=False)
 
 
 def has_interior_gaps(mask):

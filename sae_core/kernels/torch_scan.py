@@ -1,0 +1,305 @@
+"""The torch backend: the masked reverse scan as tensor ops, on the tensors' own device (CPU or CUDA).
+
+It uses the affine form of the numba backend (see `numba_scan`): per token, with c_t the lambda that
+token t imposes on its predecessor,
+
+    f_t = gamma * c_t,  e_t = gamma * V_t + f_t * u_t,  u_t = r_t - V_t
+    S_t = e_t + f_t * S_{t+1};   A_t = u_t + S_{t+1};   R_t = r_t + S'_{t+1}
+
+with skip-mode masked tokens as identity steps (f = 1, e = 0) and zero-mode ones as r = V = 0.
+Rows lie end to end in one flat column; each row's last token gets f = 0 in the scan, which cuts
+the link to the next row, so padded and ragged batches are the same computation.
+
+The scan (`reverse_affine_scan`) is a log-depth doubling over pairs (f, e) inside chunks of
+`CHUNK` tokens, the same scan over the chunks' totals (recursively), then one fix-up: no Python
+loop over T. It only multiplies and adds, with no division, logarithm or (gamma * lambda)^-t
+rescaling, so float32 stays safe at any length: products of f can only shrink towards 0.
+
+`schedule` (validation, boundaries, per-token lambdas) is shared with the Triton backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..estimators import PROBLEM_COLUMNS, EstimatorSpec, Rows
+
+CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
+
+
+@dataclass
+class Schedule:
+    """What the scan needs besides rewards and values; every tensor is [N] on the rows' device."""
+
+    valid: torch.Tensor  # bool, the mask
+    boundaries: torch.Tensor  # bool, False where no rule applies and at masked tokens
+    lam_rows: torch.Tensor | None  # [B] float64, each row's lambda (vapo), or None: spec.lam / 1 for all
+    rows: Rows
+    problems: np.ndarray  # [B, len(PROBLEM_COLUMNS)] int64, the first bad token per row and column
+
+    @functools.cached_property
+    def row_of(self) -> torch.Tensor:
+        """[N] int64: the row of each token."""
+        return row_index(self.rows, self.valid.device)
+
+    def row_lambdas(self, spec: EstimatorSpec, dtype) -> torch.Tensor:
+        """[B] each row's lambda: the vapo lambda, else lam (gae, sae) or 1 (mc)."""
+        if self.lam_rows is not None:
+            return self.lam_rows.to(dtype)
+        return torch.full((self.rows.starts.shape[0],), spec.lam if spec.estimator in ("gae", "sae") else 1.0,
+                          dtype=dtype, device=self.valid.device)
+
+    def coef(self, spec: EstimatorSpec, dtype) -> torch.Tensor:
+        """[N] c_t: the lambda token t imposes on its predecessor (lambda at a boundary, else 1)."""
+        if self.lam_rows is not None:
+            lam = self.lam_rows.to(dtype)[self.row_of]
+        else:
+            lam = torch.full(self.valid.shape, spec.lam if spec.estimator in ("gae", "sae") else 1.0, dtype=dtype,
+                             device=self.valid.device)
+        if spec.boundary is None:
+            return lam
+        return torch.where(self.boundaries, lam, 1.0)
+
+
+def row_index(rows: Rows, device) -> torch.Tensor:
+    """[N] int64: the row of each token."""
+    lengths = torch.as_tensor(rows.lengths, device=device)
+    return torch.repeat_interleave(torch.arange(rows.starts.shape[0], device=device), lengths,
+                                   output_size=rows.rewards.shape[0])
+
+
+def first_per_row(bad: torch.Tensor, row_of: torch.Tensor, starts: np.ndarray) -> np.ndarray:
+    """[B] int64: per row, the index within the row of the first True of the flat [N] `bad`, -1 if none."""
+    n_rows = starts.shape[0]
+    n = bad.shape[0]
+    if not bool(bad.any()):
+        return np.full(n_rows, -1, dtype=np.int64)
+    first = torch.full((n_rows,), n, dtype=torch.int64, device=bad.device)
+    positions = torch.arange(n, device=bad.device)
+    first.scatter_reduce_(0, row_of[bad], positions[bad], reduce="amin")
+    first = first.cpu().numpy()
+    return np.where(first < n, first - starts, -1)
+
+
+def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
+    """Validate the mask and the boundary rule's data, and compute boundaries and lambdas."""
+    device = rows.rewards.device
+    n = rows.rewards.shape[0]
+    starts, lengths = rows.starts, rows.lengths
+    n_rows = starts.shape[0]
+    problems = np.full((n_rows, len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
+    sched = Schedule(valid=None, boundaries=None, lam_rows=None, rows=rows, problems=problems)
+    if rows.mask is None:
+        valid = torch.ones(n, dtype=torch.bool, device=device)
+    elif rows.mask.dtype == torch.bool:
+        valid = rows.mask
+    else:
+        valid = rows.mask != 0
+        broken = valid & (rows.mask != 1)
+        if bool(broken.any()):
+            sched.valid = valid
+            problems[:, PROBLEM_COLUMNS.index("response_mask")] = first_per_row(broken, sched.row_of, starts)
+    sched.valid = valid
+    score = rows.score if spec.boundary in ("logprob", "quantile", "entropy") else None
+    if score is not None:
+        # one reduction in the common case: the sum of the valid scores is finite unless one is not
+        total = (score if rows.mask is None else torch.where(valid, score, 0.0)).sum()  # a false alarm only costs
+        if not bool(torch.isfinite(total)):
+            problems[:, PROBLEM_COLUMNS.index("score")] = first_per_row(valid & ~torch.isfinite(score),
+                                                                        sched.row_of, starts)
+
+    if spec.estimator == "vapo":
+        counts = torch.zeros(n_rows, dtype=torch.float64, device=device).index_add_(0, sched.row_of, valid.double())
+        sched.lam_rows = (1.0 - 1.0 / (spec.alpha * counts)).clamp(0.0, 1.0)  # counts 0: -inf, clamped to 0
+    row_of = sched.row_of if spec.boundary in ("quantile", "fixed", "delimiter") else None
+
+    rule = spec.boundary
+    boundaries = torch.zeros(n, dtype=torch.bool, device=device)
+    if rule == "logprob":
+        boundaries = valid & (score < exact_cut(math.log(spec.threshold), score.dtype, "below"))
+    elif rule == "entropy":
+        boundaries = valid & (score > exact_cut(spec.entropy_threshold, score.dtype, "above"))
+    elif rule == "given":
+        boundaries = valid & rows.given
+    elif rule == "quantile":
+        cuts = _row_quantiles(score, valid, row_of, starts, lengths, spec.quantile)
+        boundaries = valid & (score.double() < cuts[row_of])
+    elif rule == "fixed":
+        index = _valid_index_in_row(valid, row_of, starts)
+        boundaries = valid & (index % spec.segment_length == 0)
+    elif rule == "delimiter":
+        delimiters = torch.as_tensor(spec.delimiter_ids, device=device)
+        is_delimiter = valid & torch.isin(rows.response_ids, delimiters)
+        before = _previous_valid(valid, row_of, starts)
+        boundaries = valid & (before >= 0) & is_delimiter[before.clamp(min=0)]
+    sched.boundaries = boundaries
+    return sched
+
+
+def exact_cut(cut: float, dtype, side: str) -> float:
+    """A threshold in `dtype` that compares like the float64 `cut` for every `dtype` value x:
+    x < result iff x < cut (side "below"), x > result iff x > cut (side "above")."""
+    if dtype == torch.float64:
+        return cut
+    np_dtype = np.float32  # half precision scores arrive as float32
+    rounded = np_dtype(cut)
+    if side == "below" and rounded < cut:  # the smallest value >= cut
+        rounded = np.nextafter(rounded, np_dtype(np.inf))
+    if side == "above" and rounded > cut:  # the largest value <= cut
+        rounded = np.nextafter(rounded, np_dtype(-np.inf))
+    return float(rounded)
+
+
+def _valid_index_in_row(valid, row_of, starts) -> torch.Tensor:
+    """[N] int64: how many valid tokens of the same row come before each token."""
+    count = torch.cumsum(valid.long(), 0)
+    before_row = torch.cat([count.new_zeros(1), count])[torch.as_tensor(starts, device=valid.device)]
+    return count - valid.long() - before_row[row_of]
+
+
+def _previous_valid(valid, row_of, starts) -> torch.Tensor:
+    """[N] int64: the flat index of the previous valid token of the same row, -1 if none."""
+    n = valid.shape[0]
+    positions = torch.where(valid, torch.arange(n, device=valid.device), -1)
+    latest = torch.cummax(positions, 0).values  # the last valid index at or before t
+    before = torch.cat([latest.new_full((1,), -1), latest[:-1]])
+    row_start = torch.as_tensor(starts, device=valid.device)[row_of]
+    return torch.where(before >= row_start, before, -1)
+
+
+def _row_quantiles(score, valid, row_of, starts, lengths, q) -> torch.Tensor:
+    """[B] float64: the q-quantile of each row's valid scores (NaN for a row without any)."""
+    n_rows = starts.shape[0]
+    if n_rows == 0:
+        return torch.zeros(0, dtype=torch.float64, device=score.device)
+    width = int(lengths.max())
+    table = torch.full((n_rows, max(width, 1)), float("nan"), dtype=torch.float64, device=score.device)
+    column = torch.arange(score.shape[0], device=score.device) - torch.as_tensor(starts, device=score.device)[row_of]
+    table[row_of[valid], column[valid]] = score[valid].double()
+    # numpy's linear method, including numpy's switch of interpolation formula at weight 0.5
+    return torch.nanquantile(table, q, dim=1)
+
+
+def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """S with S_t = e_t + f_t * S_{t+1} and S_N = 0, for 1-D f and e of length N (both consumed:
+    they serve as work space).
+
+    Doubling inside chunks: after the step with distance d, (f_t, e_t) hold the composition of
+    the 2d maps from t on (within the chunk), so log2(chunk) steps give each position's state up
+    to its chunk's end. The chunks' totals are scanned the same way (recursively), and each chunk
+    adds its incoming state times its products of f.
+    """
+    n = f.shape[0]
+    if n == 0:
+        return e.clone()
+    m = -(-n // chunk)
+    pad = m * chunk - n
+    if pad:  # identity steps after the end
+        f, e = torch.cat([f, f.new_ones(pad)]), torch.cat([e, e.new_zeros(pad)])
+    F, E = f.view(m, chunk), e.view(m, chunk)
+    F2, E2 = torch.empty_like(F), torch.empty_like(E)
+    d = 1
+    while d < chunk:
+        # (f, e)_t <- (f_t f_{t+d}, e_t + f_t e_{t+d}); the last d positions of a chunk are done
+        torch.addcmul(E[:, :-d], F[:, :-d], E[:, d:], out=E2[:, :-d])
+        E2[:, -d:] = E[:, -d:]
+        torch.mul(F[:, :-d], F[:, d:], out=F2[:, :-d])
+        F2[:, -d:] = F[:, -d:]
+        F, F2, E, E2 = F2, F, E2, E
+        d *= 2
+    if m > 1:
+        totals = reverse_affine_scan(F[:, 0].contiguous(), E[:, 0].contiguous(), chunk)  # S at each chunk start
+        incoming = torch.cat([totals[1:], totals.new_zeros(1)])
+        E.addcmul_(F, incoming[:, None])
+    return E.reshape(-1)[:n]
+
+
+def diagnose(rows: Rows, valid: torch.Tensor, row_of: torch.Tensor, bad_rows: np.ndarray,
+             problems: np.ndarray) -> None:
+    """For rows whose final state is not finite: the first non-finite reward or value, else overflow."""
+    for column, x in (("rewards", rows.rewards), ("values", rows.values)):
+        problems[:, PROBLEM_COLUMNS.index(column)] = first_per_row(valid & ~torch.isfinite(x), row_of, rows.starts)
+    for i in bad_rows:
+        if (problems[i] < 0).all():
+            problems[i, PROBLEM_COLUMNS.index("overflow")] = 0
+
+
+def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
+    """Scan every row of `rows` (torch tensors); same contract as `reference.run`, tensors out."""
+    sched = schedule(spec, rows)
+    if (sched.problems >= 0).any():
+        return None, None, None, sched.problems
+    dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
+    with torch.no_grad():
+        adv, ret, final = scan(spec, rows, sched, dtype)
+    bad_rows = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
+    if bad_rows.size:
+        diagnose(rows, sched.valid, sched.row_of, bad_rows, sched.problems)
+    return adv, ret, sched.boundaries, sched.problems
+
+
+def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype):
+    """advantages [N], returns [N] and each row's final state [B] (non-finite when an input was)."""
+    device = rows.rewards.device
+    everything_valid = rows.mask is None
+    valid = sched.valid
+    zero_mode = spec.mask_mode == "zero"
+
+    def const(x):  # a 0-d tensor: a bare Python scalar in torch.where would compute in float32
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    def where_valid(x, other):
+        return x if everything_valid else torch.where(valid, x, other)
+
+    r = where_valid(rows.rewards.to(dtype), 0.0)
+    v = where_valid(rows.values.to(dtype), 0.0)
+    u = r - v
+    keep = None if (everything_valid or zero_mode) else valid  # None: every token is a step
+
+    def steps(f_t):  # masked tokens in skip mode are identity steps
+        return f_t if keep is None else torch.where(keep, f_t, 1.0)
+
+    if sched.lam_rows is not None:
+        f = steps(spec.gamma * sched.row_lambdas(spec, dtype)[sched.row_of])
+    elif spec.boundary is not None:  # masked tokens are never boundaries: gamma there in zero mode
+        f = steps(torch.where(sched.boundaries, const(spec.gamma * spec.lam), const(spec.gamma)))
+    else:
+        lam = spec.lam if spec.estimator == "gae" else 1.0
+        f = steps(const(spec.gamma * lam).expand(u.shape)).clone()
+    starts = torch.as_tensor(rows.starts, device=device)
+    nonempty = torch.as_tensor(rows.lengths > 0, device=device)
+    firsts = starts[nonempty]
+    lasts = (starts + torch.as_tensor(rows.lengths, device=device) - 1)[nonempty]
+
+    def arriving(f_t):
+        """The state arriving at each token from its right, and each row's total (consumes f_t)."""
+        e_t = (v.clone() if spec.gamma == 1.0 else v * spec.gamma).addcmul_(f_t, u)
+        f_t[lasts] = 0.0  # a row's last token does not see the next row
+        s = reverse_affine_scan(f_t, e_t)
+        y = torch.empty_like(s)
+        y[:-1] = s[1:]
+        y[lasts] = 0.0  # the last token of every row, the last of all included
+        final = torch.zeros(rows.starts.shape[0], dtype=dtype, device=device)
+        final[nonempty] = s[firsts]
+        return y, final
+
+    y, final = arriving(f)
+    if spec.critic_lam is None:
+        y_critic = y
+    else:
+        y_critic, final_critic = arriving(steps(const(spec.gamma * spec.critic_lam).expand(u.shape)).clone())
+        final = final + 0.0 * final_critic  # NaN when either is not finite
+    # masked: skip mode outputs 0; zero mode has r = V = 0, so A = R = the arriving state
+    adv = u.add_(y)
+    ret = r + y_critic  # not in place: without a mask r may be the caller's own tensor
+    if not (everything_valid or zero_mode):
+        # finite here (a non-finite state is raised on before the outputs are read), so 0 * x = 0
+        keep_factor = valid.to(dtype)
+        adv.mul_(keep_factor)
+        ret.mul_(keep_factor)
+    return adv, ret, final

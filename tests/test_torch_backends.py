@@ -1,0 +1,154 @@
+"""The torch and Triton backends agree with the reference on the same strategies as numba.
+
+Without a GPU (CI), tensors are on the CPU and Triton runs in its interpreter (conftest sets
+TRITON_INTERPRET=1), with a 16-token chunk so that short rows still span several chunks. With a GPU
+(benchmarks/gpu_check.sh), the same tests run on CUDA tensors.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+from helpers import batches, estimator_kwargs, ragged_kwargs, to_ragged
+from sae_core import compute_advantages, compute_advantages_ragged
+
+torch = pytest.importorskip("torch")
+from sae_core.kernels import torch_scan, triton_scan  # noqa: E402
+
+DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+TRITON = ["triton"] if triton_scan.available(DEVICE) else []
+INTERPRETED = triton_scan.interpreted()
+
+
+def on_device(kw: dict) -> dict:
+    return {k: torch.from_numpy(v).to(DEVICE) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+
+
+def assert_close(out, ref, dtype):
+    """rtol 1e-5 in float32 (1e-10 in float64), with an absolute floor scaled by the outputs' size."""
+    adv, ret = out.advantages.cpu().numpy(), out.returns.cpu().numpy()
+    assert adv.dtype == dtype
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    scale = 1.0 + max(np.abs(ref.advantages).max(initial=0), np.abs(ref.returns).max(initial=0))
+    np.testing.assert_allclose(adv, ref.advantages, rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(ret, ref.returns, rtol=rtol, atol=rtol * scale)
+    assert_array_equal(out.boundaries.cpu().numpy(), ref.boundaries)
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+@given(data=st.data())
+def test_padded_matches_reference(backend, data):
+    small = backend == "triton" and INTERPRETED
+    batch = data.draw(batches(max_b=3 if small else 5, max_t=40))
+    kw = data.draw(estimator_kwargs(batch))
+    ref = compute_advantages(batch.rewards, batch.values, batch.mask, backend="reference", **kw)
+    tensors = on_device({"r": batch.rewards, "v": batch.values, "m": batch.mask, **kw})
+    out = compute_advantages(tensors.pop("r"), tensors.pop("v"), tensors.pop("m"), backend=backend, **tensors)
+    assert out.advantages.device.type == DEVICE.type
+    assert_close(out, ref, batch.rewards.dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+@given(data=st.data())
+def test_ragged_matches_reference(backend, data):
+    lengths = data.draw(st.lists(st.integers(0, 30), min_size=0, max_size=6))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    batch = data.draw(batches(max_b=1, t_values=[int(offsets[-1])]).filter(lambda b: b.shape[0] == 1))
+    kw = ragged_kwargs(data.draw(estimator_kwargs(batch)))
+    mask = to_ragged(batch.mask) if data.draw(st.booleans()) else None
+    r, v = to_ragged(batch.rewards), to_ragged(batch.values)
+    ref = compute_advantages_ragged(r, v, offsets, response_mask=mask, backend="reference", **kw)
+    tensors = on_device({"r": r, "v": v, "m": mask, **kw})
+    out = compute_advantages_ragged(tensors.pop("r"), tensors.pop("v"), offsets, response_mask=tensors.pop("m"),
+                                    backend=backend, **tensors)
+    assert_close(out, ref, r.dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (TRITON if not INTERPRETED else []))
+@settings(max_examples=8)
+@given(data=st.data())
+def test_rows_up_to_40k_tokens(backend, data):
+    """Long rows in float32, with interior gaps, lambda = 0 spots and gamma * lambda = 0.95."""
+    B, T = 3, data.draw(st.sampled_from([4097, 17000, 40000]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    lengths = np.array([T, rng.integers(1, T + 1), rng.integers(1, T + 1)])
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    mask &= rng.random((B, T)) < data.draw(st.sampled_from([1.0, 0.9]))  # tool-output gaps
+    rewards = np.zeros((B, T), dtype=np.float32)
+    rewards[np.arange(B), lengths - 1] = rng.integers(0, 2, size=B)
+    rewards += rng.normal(0, 0.01, size=(B, T)).astype(np.float32)  # per-token KL terms
+    values = rng.uniform(0, 1, size=(B, T)).astype(np.float32)
+    logprobs = np.log(rng.uniform(0.01, 1.0, size=(B, T))).astype(np.float32)
+    kw = data.draw(st.sampled_from([
+        {"estimator": "gae", "gamma": 1.0, "lam": 0.95},
+        {"estimator": "gae", "gamma": 0.95, "lam": 1.0, "critic_lam": 1.0},
+        {"estimator": "sae", "gamma": 1.0, "lam": 0.0, "logprobs": logprobs, "threshold": 0.2},  # lambda = 0 spots
+        {"estimator": "sae", "gamma": 1.0, "lam": 0.95, "logprobs": logprobs, "mask_mode": "zero"},
+        {"estimator": "vapo", "gamma": 1.0, "alpha": 0.05},
+        {"estimator": "mc", "gamma": 1.0},
+    ]))
+    ref = compute_advantages(rewards, values, mask, backend="reference", **kw)
+    tensors = on_device({"r": rewards, "v": values, "m": mask, **kw})
+    out = compute_advantages(tensors.pop("r"), tensors.pop("v"), tensors.pop("m"), backend=backend, **tensors)
+    assert_close(out, ref, np.float32)
+
+
+def test_scan_is_safe_in_float32_where_rescaling_tricks_fail():
+    """(gamma * lambda)^-t rescaling overflows float32 past ~1,700 tokens at 0.95; ours only shrinks."""
+    n = 40000
+    f = torch.full((n,), 0.95)
+    f[::997] = 0.0  # lambda_t = 0 spots
+    e = torch.ones(n)
+    s = torch_scan.reverse_affine_scan(f.clone(), e.clone())
+    assert torch.isfinite(s).all()
+    expected = np.zeros(n)
+    acc = 0.0
+    for t in range(n - 1, -1, -1):
+        acc = 1.0 + float(f[t]) * acc
+        expected[t] = acc
+    np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+def test_outputs_on_the_input_device_without_autograd(backend):
+    rng = np.random.default_rng(0)
+    r = torch.tensor(rng.normal(size=(2, 37)), dtype=torch.bfloat16, device=DEVICE)
+    v = torch.tensor(rng.normal(size=(2, 37)), dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    lp = torch.tensor(-rng.exponential(size=(2, 37)), device=DEVICE)
+    out = compute_advantages(r, v, torch.ones(2, 37, dtype=torch.bool, device=DEVICE), logprobs=lp, backend=backend)
+    for x in out:
+        assert x.device == r.device and not x.requires_grad
+    assert out.advantages.dtype == torch.bfloat16 and out.boundaries.dtype == torch.bool
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+@pytest.mark.parametrize("name", ["rewards", "values"])
+def test_non_finite_inputs_are_named(backend, name):
+    r, v = np.zeros((3, 20)), np.zeros((3, 20))
+    (r if name == "rewards" else v)[2, 7] = np.nan
+    tensors = on_device({"r": r, "v": v})
+    with pytest.raises(ValueError, match=f"{name} has a non-finite value .* at row 2, token 7"):
+        compute_advantages(tensors["r"], tensors["v"], None, estimator="gae", backend=backend)
+
+
+def test_triton_without_a_gpu_says_what_it_needs(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if triton_scan.triton is None:
+        pytest.skip("triton does not import here")
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        compute_advantages(np.zeros((1, 3)), np.zeros((1, 3)), None, estimator="gae", backend="triton")
+
+
+def test_auto_takes_numba_for_cpu_tensors():
+    from sae_core.estimators import _backend
+    from sae_core._arrays import result_form
+
+    x = torch.zeros(2, 3)
+    run, tensors = _backend("auto", result_form(x, x))
+    assert run.__module__.endswith("numba_scan") and not tensors
+    if DEVICE.type == "cuda":
+        x = x.to(DEVICE)
+        run, tensors = _backend("auto", result_form(x, x))
+        assert run.__module__.endswith("triton_scan") and tensors
