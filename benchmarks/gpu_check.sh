@@ -14,5 +14,5 @@ unset TRITON_INTERPRET
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$PY" -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_torch_backends.py tests/test_api.py
-timeout 100 "$PY" benchmarks/estimators.py --device cuda
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_torch_backends.py tests/test_api.py
+timeout 90 "$PY" benchmarks/estimators.py --device cuda
