@@ -45,29 +45,19 @@ class Schedule:
     @functools.cached_property
     def row_of(self) -> torch.Tensor:
         """[N] int64: the row of each token."""
-        return row_index(self.rows, self.valid.device)
+        return row_index(self.rows)
 
     def row_lambdas(self, spec: EstimatorSpec, dtype) -> torch.Tensor:
         """[B] each row's lambda: the vapo lambda, else lam (gae, sae) or 1 (mc)."""
         if self.lam_rows is not None:
             return self.lam_rows.to(dtype)
         return torch.full((self.rows.starts.shape[0],), spec.lam if spec.estimator in ("gae", "sae") else 1.0,
-                          dtype=dtype, device=self.valid.device)
-
-    def coef(self, spec: EstimatorSpec, dtype) -> torch.Tensor:
-        """[N] c_t: the lambda token t imposes on its predecessor (lambda at a boundary, else 1)."""
-        if self.lam_rows is not None:
-            lam = self.lam_rows.to(dtype)[self.row_of]
-        else:
-            lam = torch.full(self.valid.shape, spec.lam if spec.estimator in ("gae", "sae") else 1.0, dtype=dtype,
-                             device=self.valid.device)
-        if spec.boundary is None:
-            return lam
-        return torch.where(self.boundaries, lam, 1.0)
+                          dtype=dtype, device=self.rows.rewards.device)
 
 
-def row_index(rows: Rows, device) -> torch.Tensor:
+def row_index(rows: Rows) -> torch.Tensor:
     """[N] int64: the row of each token."""
+    device = rows.rewards.device
     lengths = torch.as_tensor(rows.lengths, device=device)
     return torch.repeat_interleave(torch.arange(rows.starts.shape[0], device=device), lengths,
                                    output_size=rows.rewards.shape[0])
@@ -102,13 +92,13 @@ def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
         valid = rows.mask != 0
         broken = valid & (rows.mask != 1)
         if bool(broken.any()):
-            sched.valid = valid
             problems[:, PROBLEM_COLUMNS.index("response_mask")] = first_per_row(broken, sched.row_of, starts)
     sched.valid = valid
     score = rows.score if spec.boundary in ("logprob", "quantile", "entropy") else None
     if score is not None:
         # one reduction in the common case: the sum of the valid scores is finite unless one is not
-        total = (score if rows.mask is None else torch.where(valid, score, 0.0)).sum()  # a false alarm only costs
+        # (or the sum overflows, a false alarm that only costs the exact search below)
+        total = (score if rows.mask is None else torch.where(valid, score, 0.0)).sum()
         if not bool(torch.isfinite(total)):
             problems[:, PROBLEM_COLUMNS.index("score")] = first_per_row(valid & ~torch.isfinite(score),
                                                                         sched.row_of, starts)
