@@ -16,6 +16,8 @@ import numpy as np
 
 def is_tensor(x: Any) -> bool:
     """True for a torch.Tensor (or subclass), decided without importing torch."""
+    if isinstance(x, (np.ndarray, np.generic, float, int)):  # the common cases, quickly
+        return False
     return type(x).__module__.partition(".")[0] == "torch" and hasattr(x, "detach")
 
 
