@@ -5,7 +5,9 @@ once; the kernel only builds the affine pairs and scans. With the notation of `t
 program walks its row from the end in chunks of `BLOCK` tokens. For the tokens t of a chunk it
 loads the pair of token t + 1, (f_{t+1}, e_{t+1}), and `tl.associative_scan(..., reverse=True)`
 composes them into Y_t = S_{t+1}, the state arriving at t; the chunk's total carries into the next
-chunk to the left. Then A_t = u_t + Y_t and R_t = r_t + Y'_t are written directly. A row's last
+chunk to the left. Then A_t = u_t + Y_t and R_t = r_t + Y'_t are written directly. Inputs are
+loaded in their dtype and computed in float64 registers, for the accuracy reason given in
+`torch_scan`; only the stores round to the output dtype. A row's last
 token has Y = 0, and each row's final state S_0 = e_0 + f_0 * Y_0 goes to `final`, non-finite
 exactly when an input on a valid token was.
 
@@ -65,8 +67,8 @@ if triton is not None:
     def _pairs(r_ptr, v_ptr, m_ptr, b_ptr, pos, inside, lam, gamma, critic_f,
                HAS_MASK: tl.constexpr, SEGMENTED: tl.constexpr, ZERO_MODE: tl.constexpr):
         """(f, e, f', e', valid, r0, u) of the tokens at `pos` where `inside`; identity elsewhere."""
-        r = tl.load(r_ptr + pos, mask=inside, other=0.0)
-        v = tl.load(v_ptr + pos, mask=inside, other=0.0)
+        r = tl.load(r_ptr + pos, mask=inside, other=0.0).to(tl.float64)
+        v = tl.load(v_ptr + pos, mask=inside, other=0.0).to(tl.float64)
         if HAS_MASK:
             valid = (tl.load(m_ptr + pos, mask=inside, other=0) != 0) & inside
         else:
@@ -101,7 +103,7 @@ if triton is not None:
         critic_f = tl.load(params_ptr + 1)
         lane = tl.arange(0, BLOCK)
         first = lane == 0
-        carry = tl.full([], 0.0, dtype=r_ptr.dtype.element_ty)
+        carry = tl.full([], 0.0, dtype=tl.float64)
         carry_critic = carry
         n_chunks = tl.cdiv(length, BLOCK)
         for chunk in range(n_chunks):
@@ -129,8 +131,10 @@ if triton is not None:
             else:
                 masked_a = arriving * 0.0
                 masked_r = arriving * 0.0
-            tl.store(adv_ptr + start + t, tl.where(valid, u + arriving, masked_a), mask=here)
-            tl.store(ret_ptr + start + t, tl.where(valid, r0 + arriving_critic, masked_r), mask=here)
+            a = tl.where(valid, u + arriving, masked_a)
+            tl.store(adv_ptr + start + t, a.to(adv_ptr.dtype.element_ty), mask=here)
+            ret = tl.where(valid, r0 + arriving_critic, masked_r)
+            tl.store(ret_ptr + start + t, ret.to(ret_ptr.dtype.element_ty), mask=here)
             # the state arriving at the chunk's first position enters the next chunk's last token
             carry = tl.sum(tl.where(first, arriving, 0.0), 0)
             carry_critic = tl.sum(tl.where(first, arriving_critic, 0.0), 0)
@@ -150,7 +154,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         return None, None, None, sched.problems
     dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
     device = rows.rewards.device
-    r = rows.rewards.to(dtype).contiguous()
+    r = rows.rewards.to(dtype).contiguous()  # loaded as they are, computed in float64 (see torch_scan)
     v = rows.values.to(dtype).contiguous()
     n = r.shape[0]
     n_rows = rows.starts.shape[0]
@@ -160,15 +164,15 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     boundaries = sched.boundaries.to(torch.uint8) if spec.boundary is not None else None
     adv = torch.empty(n, dtype=dtype, device=device)
     ret = torch.empty(n, dtype=dtype, device=device)
-    final = torch.zeros(n_rows, dtype=dtype, device=device)
+    final = torch.zeros(n_rows, dtype=torch.float64, device=device)
     if n_rows:
         starts = torch.as_tensor(rows.starts, device=device)
         lengths = torch.as_tensor(rows.lengths, device=device)
         critic_f = spec.gamma * spec.critic_lam if spec.critic_lam is not None else 1.0
-        params = torch.tensor([spec.gamma, critic_f], dtype=dtype, device=device)
+        params = torch.tensor([spec.gamma, critic_f], dtype=torch.float64, device=device)
         _scan_rows[(n_rows,)](
             r, v, mask if mask is not None else r, boundaries if boundaries is not None else r,
-            sched.row_lambdas(spec, dtype), params, starts, lengths, adv, ret, final,
+            sched.row_lambdas(spec, torch.float64), params, starts, lengths, adv, ret, final,
             HAS_MASK=mask is not None, SEGMENTED=boundaries is not None, ZERO_MODE=spec.mask_mode == "zero",
             HAS_CRITIC=spec.critic_lam is not None, BLOCK=INTERPRETED_BLOCK if interpreted() else BLOCK,
         )
