@@ -25,9 +25,10 @@ def is_tensor(x: Any) -> bool:
 class ResultForm:
     """How results go back to the caller.
 
-    `compute_dtype` is the numpy float dtype the kernels write (float32 or float64);
-    `out_dtype` is what the caller gets (a numpy dtype or a torch dtype), which differs from
-    `compute_dtype` only for half precision inputs (float16 / bfloat16 are computed in float32).
+    `compute_dtype` is the numpy float dtype the kernels write (float32 or float64; every kernel
+    computes in float64 inside); `out_dtype` is what the caller gets (a numpy dtype or a torch
+    dtype), which differs from `compute_dtype` only for half precision (float16 / bfloat16 results
+    are written in float32, then cast).
     `device` is the caller's torch device (None for numpy inputs).
     """
 
@@ -43,6 +44,9 @@ def result_form(rewards: Any, values: Any) -> ResultForm:
     Non-float inputs (int or bool rewards) promote to float64 for numpy and to torch's default float
     dtype for tensors.
     """
+    for name, x in (("rewards", rewards), ("values", values)):
+        if x is None:
+            raise ValueError(f"{name} is required; got None")
     if is_tensor(rewards) != is_tensor(values):
         raise ValueError(
             "rewards and values must both be numpy arrays or both torch tensors, got "
@@ -56,11 +60,15 @@ def result_form(rewards: Any, values: Any) -> ResultForm:
                 f"values is on {values.device} but rewards is on {rewards.device}; put them on one device"
             )
         dtype = torch.promote_types(rewards.dtype, values.dtype)
+        if dtype.is_complex:
+            raise ValueError(f"rewards and values must be real numbers; got dtype {dtype}")
         if not dtype.is_floating_point:
             dtype = torch.get_default_dtype()
         compute = np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
         return ResultForm(torch=True, compute_dtype=compute, out_dtype=dtype, device=rewards.device)
     dtype = np.result_type(np.asarray(rewards).dtype, np.asarray(values).dtype)
+    if dtype.kind not in "biuf":
+        raise ValueError(f"rewards and values must be real numbers; got dtype {dtype}")
     if not np.issubdtype(dtype, np.floating):
         dtype = np.dtype(np.float64)
     compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
@@ -108,6 +116,8 @@ def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = Non
         x = x.cpu().numpy()
     else:
         x = np.asarray(x)
+        if x.dtype == np.float16:  # as for tensors: half precision is read as float32
+            x = x.astype(np.float32)
     if dtype is not None and x.dtype != dtype:
         x = x.astype(dtype)
     return x
@@ -163,5 +173,6 @@ def to_caller(x: Any, form: ResultForm, *, is_float: bool = True) -> Any:
     if is_tensor(x):
         x = x.cpu().numpy()
     if is_float and x.dtype != form.out_dtype:
-        x = x.astype(form.out_dtype)
+        with np.errstate(over="ignore"):  # float16 overflow is raised on by the caller
+            x = x.astype(form.out_dtype)
     return x

@@ -189,7 +189,10 @@ def compute_advantages(
         critic_lam: lambda in [0, 1] of decoupled critic targets (VAPO / VC-PPO, usually 1.0):
             R_t = A'_t + V_t with A' the GAE advantage at critic_lam over the same mask. When None,
             R_t = A_t + V_t with the estimator's own A_t.
-        backend: "auto" (numba), "numba" or "reference" (a plain float64 loop, the executable spec).
+        backend: "numba" (CPU), "torch" (the tensors' device), "triton" (CUDA tensors), "reference"
+            (a plain float64 loop, the executable spec), or "auto": numba for numpy arrays and CPU
+            tensors, triton for CUDA tensors when triton imports, else torch. Every backend
+            computes in float64 inside.
         **estimator_options: for "vapo": `alpha` (default 0.05). For "sae", one boundary rule:
             - `boundary="logprob"` (default): l_t < log(threshold);
             - `segment_length=M` (`boundary="fixed"`): the k-th valid token of a row (k from 0)
@@ -205,9 +208,9 @@ def compute_advantages(
 
     Returns:
         Advantages(advantages, returns, boundaries): [B, T] each, in the array type, device and
-        dtype of `rewards` (promoted with `values`; float16/bfloat16 are computed in float32,
-        float32 and float64 stay as they are; integer inputs give float64 for numpy and torch's
-        default dtype for tensors). Only valid tokens carry meaning: in "skip" mode advantages,
+        dtype of `rewards` (promoted with `values`; float32 and float64 stay as they are,
+        float16/bfloat16 results are rounded through float32; integer inputs give float64 for
+        numpy and torch's default dtype for tensors). Only valid tokens carry meaning: in "skip" mode advantages,
         returns and boundaries are 0/False at masked positions; in "zero" mode masked positions
         carry the values of the zero-reward, zero-value steps they are. No autograd graph is built.
 
@@ -217,26 +220,15 @@ def compute_advantages(
         parameters out of range, or data the chosen rule needs but was not given.
         TypeError for an option the estimator does not take.
     """
-    spec, data = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
-    form = result_form(rewards, values)
-    kernel, tensors = _backend(backend, form)
-    r = _token_array("rewards", rewards, form, None, tensors)
-    if r.ndim != 2:
-        raise ValueError(
-            f"rewards must be 2-D [B, T] (padded); got shape {r.shape}. "
-            "Flat columns with offsets go to compute_advantages_ragged."
-        )
-    shape = tuple(r.shape)
-    B, T = shape
-    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape,
-                       tensors)
-    rows = _rows(columns, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
-    adv, ret, bnd = _run(kernel, spec, rows, form)
-    return Advantages(
-        to_caller(adv.reshape(shape), form),
-        to_caller(ret.reshape(shape), form),
-        to_caller(bnd.reshape(shape), form, is_float=False),
-    )
+    def layout(r):
+        if r.ndim != 2:
+            raise ValueError(f"rewards must be 2-D [B, T] (padded); got shape {tuple(r.shape)}. "
+                             "Flat columns with offsets go to compute_advantages_ragged.")
+        B, T = r.shape
+        return np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64)
+
+    return _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma, lam, threshold, mask_mode,
+                    critic_lam, backend, estimator_options)
 
 
 def compute_advantages_ragged(
@@ -272,18 +264,42 @@ def compute_advantages_ragged(
     Returns:
         Advantages with flat [N] arrays, in the caller's array type, dtype and device.
     """
+    def layout(r):
+        if r.ndim != 1:
+            raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {tuple(r.shape)}")
+        offs = _check_offsets(offsets, r.shape[0])
+        return offs[:-1].copy(), np.diff(offs)
+
+    return _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma, lam, threshold, mask_mode,
+                    critic_lam, backend, estimator_options)
+
+
+def _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma, lam, threshold, mask_mode,
+             critic_lam, backend, estimator_options) -> Advantages:
+    """The body of both public functions; `layout(rewards)` checks the shape and gives (starts, lengths)."""
     spec, data = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
     form = result_form(rewards, values)
     kernel, tensors = _backend(backend, form)
     r = _token_array("rewards", rewards, form, None, tensors)
-    if r.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {tuple(r.shape)}")
-    offs = _check_offsets(offsets, r.shape[0])
-    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form,
-                       tuple(r.shape), tensors)
-    rows = _rows(columns, offs[:-1].copy(), np.diff(offs))
-    adv, ret, bnd = _run(kernel, spec, rows, form)
-    return Advantages(to_caller(adv, form), to_caller(ret, form), to_caller(bnd, form, is_float=False))
+    starts, lengths = layout(r)
+    shape = tuple(r.shape)
+    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape,
+                       tensors)
+    adv, ret, bnd = _run(kernel, spec, _rows(columns, starts, lengths), form)
+    out = Advantages(to_caller(adv.reshape(shape), form), to_caller(ret.reshape(shape), form),
+                     to_caller(bnd.reshape(shape), form, is_float=False))
+    _check_half_precision(out, form)
+    return out
+
+
+def _check_half_precision(out: Advantages, form: ResultForm) -> None:
+    """float16 results can overflow where the float64 scan did not (beyond 65504): say so."""
+    if form.out_dtype not in (np.float16, "float16") and str(form.out_dtype) != "torch.float16":
+        return
+    for name, x in (("advantages", out.advantages), ("returns", out.returns)):
+        finite = x.isfinite() if is_tensor(x) else np.isfinite(x)
+        if not bool(finite.all()):
+            raise ValueError(f"{name} overflow float16 (beyond 65504); pass float32 inputs to get them")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,15 +336,11 @@ def _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs
         fields["boundary"] = rule
         if rule == "fixed":
             m = options["segment_length"]
-            if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-                raise ValueError(f"segment_length must be an integer >= 1; got {m!r}")
+            if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= _INT64_MAX:
+                raise ValueError(f"segment_length must be an integer from 1 to 2**63 - 1; got {m!r}")
             fields["segment_length"] = int(m)
         elif rule == "delimiter":
-            ids = options["delimiter_ids"]
-            ids = [ids] if isinstance(ids, numbers.Integral) else list(ids)
-            if not ids or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
-                raise ValueError(f"delimiter_ids must be a non-empty list of token ids; got {options['delimiter_ids']!r}")
-            fields["delimiter_ids"] = tuple(sorted({int(i) for i in ids}))
+            fields["delimiter_ids"] = _token_ids("delimiter_ids", options["delimiter_ids"])
         elif rule == "quantile":
             q = _scalar("quantile", options["quantile"])
             if not 0.0 <= q <= 1.0:
@@ -339,6 +351,11 @@ def _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs
         needs = _RULE_DATA.get(rule)
         given = {"logprobs": logprobs, "response_ids": options.get("response_ids"),
                  "entropy": options.get("entropy"), "boundaries": options.get("boundaries")}
+        for name, option, other_rule in (("entropy", "entropy_threshold", "entropy"),
+                                         ("response_ids", "delimiter_ids", "delimiter")):
+            if given[name] is not None and rule != other_rule:
+                raise ValueError(f"{name} is read only by boundary={other_rule!r}, which needs {option}=...; "
+                                 f"the rule here is boundary={rule!r}")
         if needs is not None:
             if given[needs] is None:
                 raise ValueError(_missing_data_message(rule, needs))
@@ -346,6 +363,22 @@ def _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs
     spec = EstimatorSpec(estimator=estimator, gamma=gamma, lam=lam, critic_lam=critic_lam, mask_mode=mask_mode,
                          threshold=threshold, **fields)
     return spec, data
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _token_ids(name: str, ids: Any) -> tuple[int, ...]:
+    """A non-empty, sorted tuple of distinct int64 token ids from an int, a sequence or an array."""
+    if is_tensor(ids):
+        ids = ids.detach().cpu().numpy()
+    items = np.asarray(ids, dtype=object).ravel().tolist() if isinstance(ids, np.ndarray) else (
+        [ids] if isinstance(ids, numbers.Integral) else list(ids))
+    if not items or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
+        raise ValueError(f"{name} must be a non-empty list of integer token ids; got {ids!r}")
+    if not all(-_INT64_MAX - 1 <= i <= _INT64_MAX for i in items):
+        raise ValueError(f"{name} must be int64 token ids; got {ids!r}")
+    return tuple(sorted({int(i) for i in items}))
 
 
 def _boundary_rule(options: dict[str, Any]) -> str:

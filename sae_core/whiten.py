@@ -33,12 +33,14 @@ def masked_whiten(values: Any, mask: Any, shift_mean: bool = True) -> Any:
         ValueError when the shapes differ or fewer than two entries are masked in (the unbiased
         variance needs two).
     """
+    if not is_tensor(values):
+        values, mask = np.asarray(values), np.asarray(mask)
     if tuple(values.shape) != tuple(mask.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but values has shape {tuple(values.shape)}")
     if is_tensor(values):
         import torch
 
-        mask = torch.as_tensor(mask, device=values.device)
+        mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, (list, tuple)) else mask, device=values.device)
         keep = mask.bool()
 
         def masked_mean(x):

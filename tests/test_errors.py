@@ -36,7 +36,13 @@ def batch(B=3, T=5):
         (lambda a: a.update(estimator="ppo"), "estimator must be one of"),
         (lambda a: a.update(mask_mode="drop"), "mask_mode must be one of"),
         (lambda a: a.update(backend="cuda"), "backend must be one of"),
-        (lambda a: a.update(segment_length=0), "segment_length must be an integer >= 1"),
+        (lambda a: a.update(segment_length=0), "segment_length must be an integer from 1"),
+        (lambda a: a.update(segment_length=2**70), "segment_length must be an integer from 1 to 2"),
+        (lambda a: a.update(delimiter_ids=[2**70], response_ids=np.zeros((3, 5), int)), "must be int64 token ids"),
+        (lambda a: a.update(entropy=np.ones((3, 5))), "entropy is read only by boundary='entropy'"),
+        (lambda a: a.update(response_ids=np.ones((3, 5), int)), "response_ids is read only by boundary='delimiter'"),
+        (lambda a: a.update(values=None), "values is required"),
+        (lambda a: a.update(rewards=a["rewards"] * 1j), "rewards and values must be real numbers"),
         (lambda a: a.update(segment_length=2.5), "segment_length must be an integer"),
         (lambda a: a.update(quantile=1.5), r"quantile must be in \[0, 1\]"),
         (lambda a: a.update(delimiter_ids=[], response_ids=np.zeros((3, 5), int)), "delimiter_ids must be a non-empty"),
@@ -167,3 +173,36 @@ def test_messages_are_single_sentences_without_internal_names():
     with pytest.raises(ValueError) as err:
         compute_advantages(r, v, m, logprobs=lp)
     assert not re.search(r"_P_|problems|kernel", str(err.value))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length", [5, 16, 17, 40])
+def test_huge_finite_inputs_that_do_not_overflow_raise_nothing(backend, length):
+    r = np.zeros((1, length))
+    r[0, 0] = 1e308
+    out = compute_advantages(r, np.zeros((1, length)), None, estimator="mc", backend=backend)
+    assert out.advantages[0, 0] == 1e308
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overflow_names_its_own_row(backend):
+    r = np.zeros((4, 6))
+    r[2, :2] = 1e308  # A_0 = 2e308 in row 2 only
+    with pytest.raises(ValueError, match=r"overflow to a non-finite value in row 2(?!;)"):
+        compute_advantages(r, np.zeros((4, 6)), None, estimator="mc", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_results_that_overflow_float16_raise(backend):
+    r = np.zeros((1, 4), dtype=np.float16)
+    r[0, 2:] = 60000
+    with pytest.raises(ValueError, match="advantages overflow float16"):
+        compute_advantages(r, np.zeros((1, 4), dtype=np.float16), None, estimator="mc", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_float16_columns_are_read_as_float32(backend):
+    r, v, m, lp = batch()
+    a = compute_advantages(r, v, m.astype(np.float16), logprobs=lp.astype(np.float16), backend=backend)
+    b = compute_advantages(r, v, m, logprobs=lp.astype(np.float16).astype(np.float32), backend=backend)
+    np.testing.assert_array_equal(a.advantages, b.advantages)

@@ -101,3 +101,8 @@ def test_masked_whiten_is_verls(batch):
         got = masked_whiten(batch.values, batch.mask, shift_mean=shift_mean)
         assert got.dtype == np.float32
         assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_masked_whiten_takes_lists():
+    assert masked_whiten([1.0, 2.0, 3.0], [1, 1, 0]).tolist() == masked_whiten(np.array([1.0, 2.0, 3.0]),
+                                                                                np.array([1, 1, 0])).tolist()

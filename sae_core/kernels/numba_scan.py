@@ -388,7 +388,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         counts = lengths.copy()
         if mask is not None:
             _valid_counts(mask, starts, lengths, counts)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):  # an empty row or a tiny alpha: lambda 0
             lam_rows = np.clip(1.0 - 1.0 / (spec.alpha * counts), 0.0, 1.0)
 
     score = given = None

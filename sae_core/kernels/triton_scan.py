@@ -109,10 +109,11 @@ if triton is not None:
         for chunk in range(n_chunks):
             t = length - (chunk + 1) * BLOCK + lane  # positions in the row; negative before its start
             here = t >= 0
-            # the pair of token t + 1; none after the row's last token (Y = 0 there)
+            # the pair of token t + 1 for t >= 0; none after the row's last token (Y = 0 there) and
+            # identity before the row, so the carry leaving the row's first chunk is Y_0
             nxt = t + 1
             f1, e1, fc1, ec1, _v, _r, _u = _pairs(r_ptr, v_ptr, m_ptr, b_ptr, start + nxt,
-                                                 (nxt >= 0) & (nxt < length), lam, gamma, critic_f,
+                                                 (nxt >= 1) & (nxt < length), lam, gamma, critic_f,
                                                  HAS_MASK, SEGMENTED, ZERO_MODE)
             f1 = tl.where(nxt < length, f1, 0.0)
             fc1 = tl.where(nxt < length, fc1, 0.0)
@@ -154,8 +155,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         return None, None, None, sched.problems
     dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
     device = rows.rewards.device
-    r = rows.rewards.to(dtype).contiguous()  # loaded as they are, computed in float64 (see torch_scan)
-    v = rows.values.to(dtype).contiguous()
+    r, v = rows.rewards, rows.values  # flat, contiguous, in the compute dtype; float64 inside the kernel
     n = r.shape[0]
     n_rows = rows.starts.shape[0]
     mask = rows.mask
@@ -176,7 +176,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
             HAS_MASK=mask is not None, SEGMENTED=boundaries is not None, ZERO_MODE=spec.mask_mode == "zero",
             HAS_CRITIC=spec.critic_lam is not None, BLOCK=INTERPRETED_BLOCK if interpreted() else BLOCK,
         )
-    bad_rows = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
-    if bad_rows.size:
-        torch_scan.diagnose(rows, sched.valid, sched.row_of, bad_rows, sched.problems)
+    suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
+    if suspects.size:
+        torch_scan.diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
     return adv, ret, sched.boundaries, sched.problems
