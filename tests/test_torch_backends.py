@@ -172,3 +172,18 @@ def test_cpu_row_groups_change_nothing(data):
     for a, b in zip(grouped[:2], whole[:2]):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * (1 + np.abs(b).max(initial=0)))
     assert_array_equal(grouped.boundaries, whole.boundaries)
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+@pytest.mark.parametrize("threshold", [0.2, 0.1, 0.3, 0.05, 0.5])
+def test_float32_logprobs_at_the_threshold_compare_like_float64(backend, threshold):
+    """The float32 values either side of log(threshold) fall where the reference puts them."""
+    cut = np.float32(np.log(threshold))
+    near = np.array([[np.nextafter(cut, np.float32(-1)), cut, np.nextafter(cut, np.float32(1))]], dtype=np.float32)
+    entropy = -near
+    z = np.zeros((1, 3), dtype=np.float32)
+    for kw in ({"logprobs": near, "threshold": threshold},
+               {"entropy": entropy, "entropy_threshold": float(-np.log(threshold))}):
+        ref = compute_advantages(z, z, None, backend="reference", **kw)
+        out = compute_advantages(*on_device({"r": z, "v": z}).values(), None, backend=backend, **on_device(kw))
+        assert_array_equal(out.boundaries.cpu().numpy(), ref.boundaries)

@@ -142,12 +142,13 @@ def exact_cut(cut: float, dtype, side: str) -> float:
     x < result iff x < cut (side "below"), x > result iff x > cut (side "above")."""
     if dtype == torch.float64:
         return cut
-    np_dtype = np.float32  # half precision scores arrive as float32
-    rounded = np_dtype(cut)
-    if side == "below" and rounded < cut:  # the smallest value >= cut
-        rounded = np.nextafter(rounded, np_dtype(np.inf))
-    if side == "above" and rounded > cut:  # the largest value <= cut
-        rounded = np.nextafter(rounded, np_dtype(-np.inf))
+    cut = float(cut)
+    rounded = np.float32(cut)  # half precision scores arrive as float32
+    # compare as float64: numpy would round a Python float to float32 against a float32 scalar
+    if side == "below" and float(rounded) < cut:  # the smallest float32 >= cut
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    if side == "above" and float(rounded) > cut:  # the largest float32 <= cut
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
     return float(rounded)
 
 
