@@ -283,8 +283,8 @@ def _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma,
     r = _token_array("rewards", rewards, form, None, tensors)
     starts, lengths = layout(r)
     shape = tuple(r.shape)
-    columns = _columns({"rewards": r, "values": values, "response_mask": response_mask, **data}, form, shape,
-                       tensors)
+    columns = {"rewards": flat(r),
+               **_columns({"values": values, "response_mask": response_mask, **data}, form, shape, tensors)}
     adv, ret, bnd = _run(kernel, spec, _rows(columns, starts, lengths), form)
     out = Advantages(to_caller(adv.reshape(shape), form), to_caller(ret.reshape(shape), form),
                      to_caller(bnd.reshape(shape), form, is_float=False))
@@ -294,7 +294,7 @@ def _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma,
 
 def _check_half_precision(out: Advantages, form: ResultForm) -> None:
     """float16 results can overflow where the float64 scan did not (beyond 65504): say so."""
-    if form.out_dtype not in (np.float16, "float16") and str(form.out_dtype) != "torch.float16":
+    if str(form.out_dtype) not in ("float16", "torch.float16"):
         return
     for name, x in (("advantages", out.advantages), ("returns", out.returns)):
         finite = x.isfinite() if is_tensor(x) else np.isfinite(x)
