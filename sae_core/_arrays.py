@@ -8,6 +8,7 @@ passed or a torch backend is asked for, so sae_core works without torch installe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +137,13 @@ def as_tensor(x: Any, name: str, form: ResultForm, dtype: Any = None):
             raise ValueError(f"{name} is on {x.device} but rewards is on {device}; put them on one device")
         t = x.detach()
     else:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        x = np.ascontiguousarray(x)
+        if not x.flags.writeable:  # e.g. a view of an Arrow buffer; the backends never write to inputs
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                t = torch.from_numpy(x).to(device)
+        else:
+            t = torch.from_numpy(x).to(device)
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
     if dtype is not None and t.dtype != torch_dtype(dtype):

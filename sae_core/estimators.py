@@ -274,6 +274,16 @@ def compute_advantages_ragged(
                     critic_lam, backend, estimator_options)
 
 
+def estimator_params(estimator: str = "sae", *, logprobs: Any = None, gamma: float = 1.0, lam: float = 0.95,
+                     threshold: float = 0.2, mask_mode: str = "skip", critic_lam: float | None = None,
+                     **estimator_options: Any) -> dict[str, Any]:
+    """The validated parameters of an estimator, as `EstimatorSpec.params()`: for logs and file
+    metadata. Takes the keyword arguments of `compute_advantages` (per-token data such as `logprobs`
+    only to check that the rule has what it reads); raises as `compute_advantages` does."""
+    spec, _ = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
+    return spec.params()
+
+
 def _compute(layout, rewards, values, response_mask, estimator, logprobs, gamma, lam, threshold, mask_mode,
              critic_lam, backend, estimator_options) -> Advantages:
     """The body of both public functions; `layout(rewards)` checks the shape and gives (starts, lengths)."""

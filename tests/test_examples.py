@@ -11,3 +11,18 @@ def test_quickstart_runs(capsys):
     out = capsys.readouterr().out
     assert "ragged layout gives the same advantages" in out
     assert "boundary fraction" in out
+
+
+def test_trajectories_example_runs(capsys, tmp_path):
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["trajectories.py", str(tmp_path)]
+    try:
+        runpy.run_path(str(EXAMPLES / "trajectories.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "ok, 8 trajectories" in out
+    assert "stored advantages equal compute_advantages" in out
+    assert (tmp_path / "rollouts.parquet").exists()
