@@ -157,6 +157,22 @@ def test_from_padded_default_lengths_keep_interior_gaps_and_drop_trailing_masked
     assert t.column("response_mask").to_pylist() == [[True, False, True], [], [True] * 4]
 
 
+def test_padded_torch_tensors_and_back():
+    torch = pytest.importorskip("torch")
+    t = small(4)
+    p = tj.to_padded(t, ["values", "response_ids"], tensors=True)
+    assert isinstance(p["values"], torch.Tensor) and p["values"].dtype == torch.float32
+    assert p["response_ids"].dtype == torch.int32 and p["response_mask"].dtype == torch.bool
+    assert p["values"].tolist() == [[0.5, 0.25, 0.0], [1.0, 2.0, -1.0], [0.0] * 3, [0.125, 0.0, 0.0]]
+    assert p["response_mask"].tolist() == [[True, True, False], [True, False, True], [False] * 3,
+                                           [True, False, False]]
+    back = tj.from_padded({"values": p["values"], "response_ids": p["response_ids"]}, p["response_mask"],
+                          {"trajectory_id": t.column("trajectory_id").to_pylist(),
+                           "reward": t.column("reward").to_pylist()}, lengths=[2, 3, 0, 1])
+    assert back.column("values").to_pylist() == t.column("values").to_pylist()
+    assert back.column("response_mask").to_pylist() == [[True, True], [True, False, True], [], [True]]
+
+
 # ----------------------------------------------------------------------------------------------
 # hypothesis: random tables through files and layouts
 
