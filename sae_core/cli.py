@@ -1,24 +1,31 @@
 """The `sae` command line.
 
-    sae validate FILE...   check Parquet / Arrow IPC files against the trajectory standard
+    sae validate FILE...              check files against the trajectory standard
+    sae recompute INPUT OUTPUT ...    estimators over saved rollouts (a file, a directory, a glob)
+    sae inspect FILE                  a summary: lengths, boundaries, segments, advantage statistics
+    sae report FILE --out PAGE.html   a self-contained HTML report with plots and a token view
 
-Exit status: 0 when every file is good, 1 when a file is not, 2 for a usage error. Bad data is
-reported as messages naming the file, column and first bad row, never as a traceback.
+Exit status: 0 when everything went well, 1 when a file is bad or a shard failed, 2 for a usage
+error. Bad data is reported as messages naming the file, column and first bad row, never as a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import warnings
 
-from .estimators import BOUNDARY_RULES, ESTIMATORS
+from .estimators import BACKENDS, BOUNDARY_RULES, ESTIMATORS, MASK_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sae", description="sae-rl: advantage estimators and the trajectory "
                                                              "standard for LLM rollouts")
     sub = parser.add_subparsers(dest="command", required=True)
+
     val = sub.add_parser("validate", help="check files against the trajectory standard",
                          description="Check Parquet / Arrow IPC files against the trajectory standard "
                                      "(schemas/SPEC.md): one line per good file, the problems of a bad one.")
@@ -26,31 +33,170 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--estimator", choices=ESTIMATORS,
                      help="also check that the columns this estimator reads are present")
     val.add_argument("--boundary", choices=BOUNDARY_RULES, help="sae's boundary rule (default logprob)")
+
+    rec = sub.add_parser(
+        "recompute", help="compute advantages on saved rollouts",
+        description="Stream rollouts (the trajectory standard) through one or more estimators and write them "
+                    "with their outputs added. INPUT is a file, a directory (every shard under it) or a "
+                    "glob pattern (quote it); OUTPUT a file for a file, else a directory. Outputs are atomic; "
+                    "a directory job skips shards whose output is already complete.")
+    rec.add_argument("input", metavar="INPUT")
+    rec.add_argument("output", metavar="OUTPUT")
+    rec.add_argument("--estimator", action="append", metavar="NAME[:k=v,...]",
+                     help=f"{', '.join(ESTIMATORS)}, with optional overrides, e.g. sae:threshold=0.1. Repeat for "
+                          "several output sets (advantages_gae, advantages_sae, ...). Default: sae")
+    rec.add_argument("--gamma", type=float, default=None, help="discount (default 1.0)")
+    rec.add_argument("--lam", type=float, default=None, help="GAE lambda; sae's lambda at boundaries (default 0.95)")
+    rec.add_argument("--threshold", type=float, default=None, help="sae's probability threshold (default 0.2)")
+    rec.add_argument("--mask-mode", choices=MASK_MODES, default=None, help="skip (veRL, default) or zero (OpenRLHF)")
+    rec.add_argument("--critic-lam", type=float, default=None, help="lambda of decoupled critic targets")
+    rec.add_argument("--alpha", type=float, default=None, help="vapo's alpha (default 0.05)")
+    rec.add_argument("--boundary", choices=BOUNDARY_RULES, default=None, help="sae's boundary rule")
+    rec.add_argument("--segment-length", type=int, default=None, help="sae boundary rule 'fixed'")
+    rec.add_argument("--delimiter-ids", type=_int_list, default=None, metavar="ID,ID",
+                     help="sae boundary rule 'delimiter': token ids after which a segment starts")
+    rec.add_argument("--quantile", type=float, default=None, help="sae boundary rule 'quantile'")
+    rec.add_argument("--entropy-threshold", type=float, default=None, help="sae boundary rule 'entropy'")
+    rec.add_argument("--batch-size", type=int, default=1024, help="rows per batch and per row group (default 1024)")
+    rec.add_argument("--backend", choices=BACKENDS, default="auto", help="estimator backend (default auto: numba)")
+    rec.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process; ray: one Ray Data task per shard")
+    rec.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: a local instance)")
+    rec.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar on stderr (default: when stderr is a terminal)")
+
+    ins = sub.add_parser("inspect", help="summarise a file: lengths, boundaries, segments, advantages",
+                         description="A summary of a trajectory file: rows, tokens, response lengths, boundary "
+                                     "fraction and segment lengths at several thresholds, advantage statistics "
+                                     "per estimator, correlations between estimators, NaN counts.")
+    ins.add_argument("file", metavar="FILE")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ins.add_argument("--threshold", type=float, action="append", default=None, metavar="P",
+                     help="a probability threshold to count logprob boundaries at (repeatable; default "
+                          "0.05, 0.1, 0.2, 0.5, plus those the file's sae sets recorded)")
+    ins.add_argument("--batch-size", type=int, default=1024, help="rows read at a time (default 1024)")
+
+    rep = sub.add_parser("report", help="a self-contained HTML report of a file",
+                         description="One HTML page that needs no network: plots of segment lengths and advantage "
+                                     "distributions per estimator, and a token view of a few responses.")
+    rep.add_argument("file", metavar="FILE")
+    rep.add_argument("--out", required=True, metavar="PAGE.html")
+    rep.add_argument("--tokenizer", default=None, metavar="PATH",
+                     help="a local transformers tokenizer to decode token ids with")
+    rep.add_argument("--responses", type=int, default=4, help="responses in the token view (default 4)")
+    rep.add_argument("--threshold", type=float, action="append", default=None, metavar="P",
+                     help="a probability threshold to plot segments at (repeatable)")
+    rep.add_argument("--batch-size", type=int, default=1024, help="rows read at a time (default 1024)")
+
     args = parser.parse_args(argv)
-    if args.command == "validate":
-        return _validate(args)
-    return 2  # pragma: no cover (argparse requires a command)
+    if getattr(args, "batch_size", 1) < 1:
+        print(f"sae {args.command}: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    from .trajectory import TrajectoryWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TrajectoryWarning)  # one line per file, even if repeated
+            return {"validate": _validate, "recompute": _recompute, "inspect": _inspect,
+                    "report": _report}[args.command](args)
+    except BrokenPipeError:  # `sae inspect FILE | head`: the reader left, which is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:  # outside the block: showwarning is Python's own again, not the recorder
+        _print_warnings(caught)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer token ids; got {text!r}") from None
+
+
+def _print_warnings(caught) -> None:
+    from .trajectory import TrajectoryWarning
+
+    for w in caught:
+        if issubclass(w.category, TrajectoryWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:  # not ours: shown as Python would have shown it
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _validate(args) -> int:
-    from .trajectory import TrajectoryError, TrajectoryWarning, validate_file
+    from .trajectory import TrajectoryError, validate_file
 
     status = 0
     for path in args.files:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", TrajectoryWarning)
-            try:
-                summary = validate_file(path, estimator=args.estimator, boundary=args.boundary)
-            except TrajectoryError as exc:
-                status = 1
-                for problem in exc.problems:
-                    print(f"{path}: {problem}", file=sys.stderr)
-                continue
-        for w in caught:
-            if issubclass(w.category, TrajectoryWarning):
-                print(f"warning: {w.message}", file=sys.stderr)
+        try:
+            summary = validate_file(path, estimator=args.estimator, boundary=args.boundary)
+        except TrajectoryError as exc:
+            status = 1
+            for problem in exc.problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            continue
         print(summary.line())
     return status
+
+
+def _recompute(args) -> int:
+    from .recompute import plan_runs, recompute
+
+    common = {"gamma": args.gamma, "lam": args.lam, "threshold": args.threshold, "mask_mode": args.mask_mode,
+              "critic_lam": args.critic_lam, "alpha": args.alpha, "boundary": args.boundary,
+              "segment_length": args.segment_length, "delimiter_ids": args.delimiter_ids,
+              "quantile": args.quantile, "entropy_threshold": args.entropy_threshold}
+    try:
+        runs = plan_runs(args.estimator or ["sae"], common)
+        result = recompute(args.input, args.output, runs, engine=args.engine, batch_size=args.batch_size,
+                           backend=args.backend, overwrite=args.overwrite, progress=args.progress,
+                           ray_address=args.ray_address)
+    except ValueError as exc:
+        print(f"sae recompute: {exc}", file=sys.stderr)
+        return 2
+    for f in result.files:
+        print(f.line(), file=sys.stdout if f.status != "failed" else sys.stderr)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _inspect(args) -> int:
+    from .inspect import inspect_file
+    from .trajectory import TrajectoryError
+
+    try:
+        kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
+        inspection = inspect_file(args.file, batch_size=args.batch_size, **kwargs)
+    except TrajectoryError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a threshold or batch size out of range
+        print(f"sae inspect: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(inspection.to_dict(), indent=2) if args.json else inspection.format())
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+    from .trajectory import TrajectoryError
+
+    try:
+        kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
+        path = write_report(args.file, args.out, tokenizer=args.tokenizer, responses=args.responses,
+                            batch_size=args.batch_size, **kwargs)
+    except TrajectoryError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a tokenizer that does not load, a threshold out of range
+        print(f"sae report: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

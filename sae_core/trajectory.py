@@ -139,6 +139,21 @@ def needed_columns(estimator: str, boundary: str | None = None) -> tuple[str, ..
     return tuple(dict.fromkeys(needs))
 
 
+def boundary_rule(estimator: str, params: Mapping[str, Any]) -> str | None:
+    """The boundary rule that `compute(estimator=..., **params)` applies: None for estimators
+    without segments; for sae, `boundary` when given, else the rule whose option is set, else
+    "logprob" (the same choice as `compute_advantages`, which checks the combination)."""
+    if estimator != "sae":
+        return None
+    if params.get("boundary") is not None:
+        return params["boundary"]
+    for rule, option in (("fixed", "segment_length"), ("delimiter", "delimiter_ids"), ("quantile", "quantile"),
+                         ("entropy", "entropy_threshold"), ("given", "boundaries")):
+        if params.get(option) is not None:
+            return rule
+    return "logprob"
+
+
 def spec_document() -> dict[str, Any]:
     """The machine-readable form of the standard (schemas/trajectory-1.0.json is this, as JSON)."""
     return {
@@ -176,15 +191,16 @@ def schema(names: Iterable[str] | None = None, *, estimators: Mapping[str, Mappi
     names = [c.name for c in COLUMNS] if names is None else list(names)
     fields = []
     for name in names:
-        col = _column_for(name)
+        col = column_for(name)
         if col is None:
             raise ValueError(f"{name!r} is not a column of the trajectory standard")
         fields.append(pa.field(name, col.canonical, nullable=not col.required))
     return pa.schema(fields, metadata=_metadata_bytes(estimators or {}))
 
 
-def _column_for(name: str) -> Column | None:
-    """The standard's column for `name`, including suffixed outputs such as advantages_gae."""
+def column_for(name: str) -> Column | None:
+    """The standard's column for `name`, including suffixed outputs such as advantages_gae; None
+    for a column the standard does not name."""
     if name in COLUMN:
         return COLUMN[name]
     for out in OUTPUT_NAMES:
@@ -345,7 +361,7 @@ def schema_problems(sch: pa.Schema, needs: Iterable[str] = ()) -> list[Problem]:
         if name != "rewards" and name not in names:
             problems.append(Problem(name, None, "missing: the estimator needs it"))
     for f in sch:
-        col = _column_for(f.name)
+        col = column_for(f.name)
         if col is not None and not _type_ok(col.kind, f.type):
             problems.append(Problem(f.name, None, f"has type {_type_name(f.type)}; the standard takes "
                                                   f"{_ACCEPTED[col.kind]}"))
@@ -373,7 +389,7 @@ def batch_problems(batch: pa.RecordBatch | pa.Table, first_row: int = 0) -> list
     lengths = _lengths(ids)
     valid = None
     for name in names:
-        col = _column_for(name)
+        col = column_for(name)
         if col is None:
             continue
         arr = batch.column(name)
@@ -411,7 +427,7 @@ def batch_problems(batch: pa.RecordBatch | pa.Table, first_row: int = 0) -> list
         _, child = _flat_child(batch.column("response_mask"))
         valid = _mask_numpy(child)
     for name in names:
-        col = _column_for(name)
+        col = column_for(name)
         if col is None or col.kind != "token_float" or any(p.column == name for p in problems):
             continue
         _, child = _flat_child(batch.column(name))
@@ -569,7 +585,7 @@ def to_ragged(batch: pa.RecordBatch | pa.Table, columns: Iterable[str] | None = 
         if name not in batch.schema.names:
             raise TrajectoryError([Problem(name, None, "missing")])
         arr = batch.column(name)
-        col = _column_for(name)
+        col = column_for(name)
         if _is_list(arr.type) and (col is None or col.level == "token"):
             offs, child = _flat_child(arr)
             if offsets is None:
@@ -621,7 +637,7 @@ def from_ragged(offsets: Any, tokens: Mapping[str, Any], rows: Mapping[str, Any]
     n = int(offs[-1])
     arrays = {}
     for name, values in (rows or {}).items():
-        col = _column_for(name)
+        col = column_for(name)
         if isinstance(values, pa.Array):
             arrays[name] = values
             continue
@@ -637,7 +653,7 @@ def from_ragged(offsets: Any, tokens: Mapping[str, Any], rows: Mapping[str, Any]
         flat = _as_numpy(values)
         if flat.ndim != 1 or flat.shape[0] != n:
             raise ValueError(f"token column {name!r} has shape {flat.shape}; offsets say [{n}]")
-        col = _column_for(name)
+        col = column_for(name)
         if col is not None:
             flat = flat.astype(col.canonical.value_type.to_pandas_dtype(), copy=False)
         arrays[name] = pa.LargeListArray.from_arrays(offsets_pa, pa.array(flat))
@@ -697,7 +713,7 @@ def _token_names(batch, columns) -> list[str]:
     if columns is not None:
         return list(columns)
     return [f.name for f in batch.schema if _is_list(f.type)
-            and (_column_for(f.name) is None or _column_for(f.name).level == "token")]
+            and (column_for(f.name) is None or column_for(f.name).level == "token")]
 
 
 def from_padded(tokens: Mapping[str, Any], response_mask: Any, rows: Mapping[str, Any] | None = None, *,
@@ -809,6 +825,21 @@ class _Reader:
 def _split(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
     for start in range(0, max(batch.num_rows, 1), size):
         yield batch.slice(start, size)
+
+
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """The Arrow schema of a Parquet or IPC file (with its metadata), without reading its data.
+    Raises TrajectoryError naming the file when it cannot be read."""
+    return _Reader(path).schema
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """The number of rows (responses) of a file: from the Parquet footer or the IPC file's batches;
+    an IPC stream is read through (one column) to count them."""
+    reader = _Reader(path)
+    if reader.num_rows is not None:
+        return reader.num_rows
+    return sum(b.num_rows for b in reader.batches(1 << 30, [reader.schema.names[0]] if reader.schema.names else None))
 
 
 def iter_batches(path: str | os.PathLike, *, batch_size: int = 1024, columns: Iterable[str] | None = None,
@@ -1019,13 +1050,7 @@ def compute(batch: pa.RecordBatch | pa.Table, *, estimator: str = "sae", suffix:
                             suffix=suffix, backend=backend, **params)
             return pa.Table.from_batches([], schema=empty.schema)
         return pa.Table.from_batches(out)
-    boundary = params.get("boundary")
-    if boundary is None and estimator == "sae":
-        for rule, option in (("fixed", "segment_length"), ("delimiter", "delimiter_ids"), ("quantile", "quantile"),
-                             ("entropy", "entropy_threshold")):
-            if params.get(option) is not None:
-                boundary = rule
-    needs = needed_columns(estimator, boundary)
+    needs = needed_columns(estimator, boundary_rule(estimator, params))
     problems = schema_problems(batch.schema, needs)
     if problems:
         raise TrajectoryError(problems)
@@ -1061,8 +1086,9 @@ def estimator_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "COLUMNS", "Column", "Info", "METADATA_KEY", "Problem", "Ragged", "SPEC_VERSION", "Summary", "TrajectoryError",
-    "TrajectoryWarning", "TrajectoryWriter", "compute", "estimator_kwargs", "file_format", "from_padded",
-    "from_ragged", "iter_batches", "needed_columns", "read_info", "read_table", "schema", "spec_document",
-    "to_padded", "to_ragged", "validate", "validate_file", "with_estimators", "write_table",
+    "COLUMNS", "Column", "Info", "METADATA_KEY", "Problem", "Ragged", "SPEC_VERSION", "Summary",
+    "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter", "boundary_rule", "column_for", "compute",
+    "count_rows", "estimator_kwargs", "file_format", "from_padded", "from_ragged", "iter_batches",
+    "needed_columns", "read_info", "read_schema", "read_table", "schema", "spec_document", "to_padded",
+    "to_ragged", "validate", "validate_file", "with_estimators", "write_table",
 ]

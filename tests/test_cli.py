@@ -132,3 +132,57 @@ def test_as_a_program_no_traceback_and_no_crash(tmp_path, command):
     assert len(err) == len(bad)
     for line, (path, message) in zip(err, bad.items()):
         assert line.startswith(f"{path}: ") and message in line
+
+
+# ----------------------------------------------------------------------------------------------
+# sae inspect, sae report
+
+
+def recomputed(tmp_path):
+    src = good(tmp_path / "in.parquet", 5)
+    assert main(["recompute", src, str(tmp_path / "out.parquet"), "--estimator", "gae", "--estimator", "sae"]) == 0
+    return str(tmp_path / "out.parquet")
+
+
+def test_inspect_prints_a_table_or_json(tmp_path, capsys):
+    path = recomputed(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", path, "--threshold", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "advantages_gae" in out and "advantages_sae" in out
+    assert main(["inspect", path, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rows"] == 5 and doc["tokens"] == 10
+
+
+def test_inspect_and_report_errors(tmp_path, capsys):
+    path = recomputed(tmp_path)
+    (tmp_path / "bad.parquet").write_bytes(b"nothing")
+    assert main(["inspect", str(tmp_path / "bad.parquet")]) == 1
+    assert "bad.parquet" in capsys.readouterr().err
+    assert main(["inspect", path, "--threshold", "2"]) == 2
+    assert main(["inspect", path, "--batch-size", "0"]) == 2
+    assert main(["report", path, "--out", str(tmp_path / "r.html"), "--tokenizer", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "sae report:" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_writes_a_page(tmp_path, capsys):
+    path = recomputed(tmp_path)
+    assert main(["report", path, "--out", str(tmp_path / "r.html"), "--responses", "2"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") or page.lstrip().lower().startswith("<!doctype html>")
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
+    """`sae inspect FILE | head`: the reader is gone before the table is printed (here its end of
+    the pipe is closed at once, so the write surely fails): no BrokenPipeError traceback."""
+    path = recomputed(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "inspect", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
