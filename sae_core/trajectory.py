@@ -590,6 +590,10 @@ def to_ragged(batch: pa.RecordBatch | pa.Table, columns: Iterable[str] | None = 
             offs, child = _flat_child(arr)
             if offsets is None:
                 offsets = offs
+            elif not np.array_equal(offs, offsets):  # a column the validation does not know
+                row = int(np.flatnonzero(np.diff(offs) != np.diff(offsets))[0])
+                raise TrajectoryError([Problem(name, row, f"{int(offs[row + 1] - offs[row])} tokens, but the row "
+                                                          f"has {int(offsets[row + 1] - offsets[row])}")])
             if pa.types.is_boolean(child.type):
                 tokens[name] = child.to_numpy(zero_copy_only=False)
             else:

@@ -26,3 +26,14 @@ def test_inputs_are_rlvr_like():
     r, v, m, lp = bench.make_inputs(8, 1000)
     assert (r[~m] == 0).all() and (np.count_nonzero(r, axis=1) <= 1).all()
     assert (lp < 0).all() and 0.01 < (lp < np.log(0.2)).mean() < 0.2
+
+
+def test_recompute_benchmark_runs(tmp_path):
+    """A small run of benchmarks/recompute.py: it makes its dataset, times all three and prints the ratio."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "recompute.py"
+    proc = subprocess.run([sys.executable, str(script), "--tokens", "3e5", "--shards", "2", "--rounds", "1",
+                           "--dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "recompute / floor =" in proc.stdout and "dataset: 2 shards" in proc.stdout

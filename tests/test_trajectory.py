@@ -680,3 +680,11 @@ def test_recorded_params_reproduce_the_outputs(tmp_path, estimator, opts):
     for name in ("advantages", "returns", "boundaries"):
         assert again.column(f"{name}_y").equals(again.column(f"{name}_x"))
     assert tj.read_info(again.schema).estimators["advantages_y"] == params
+
+
+def test_to_ragged_checks_the_lengths_of_columns_the_standard_does_not_name():
+    t = small(4).append_column("kl", pa.array([[0.1, 0.2], [0.3], [], [0.4]], pa.large_list(pa.float32())))
+    with pytest.raises(tj.TrajectoryError, match="column 'kl', row 1: 1 tokens, but the row has 3"):
+        tj.to_ragged(t, ["values", "kl"])
+    good = small(4).append_column("kl", pa.array([[0.1, 0.2], [0.3, 0, 0], [], [0.4]], pa.large_list(pa.float32())))
+    assert tj.to_ragged(good, ["values", "kl"]).tokens["kl"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0, 0, 0.4])
