@@ -1,4 +1,169 @@
-"""sae_verl: turns sae_core's estimators on inside veRL (algorithm.adv_estimator=sae).
+"""sae_verl: `algorithm.adv_estimator=sae` in veRL 0.9.1, with nothing to set up but `pip install`.
 
-Empty for now: the veRL adapter is its own issue. Until then this package only reserves the name.
+veRL imports every `verl.plugins` entry point in every process that imports verl; sae-rl declares
+this package as one. On import it arranges, lazily (an import hook, so that a process which never
+imports veRL's trainer pays nothing and a process where it cannot import is unaffected):
+
+- when `verl.trainer.ppo.core_algos` is imported: the names of `ESTIMATORS` are registered with
+  `register_adv_est`, so veRL's config checks know them;
+- when `verl.trainer.ppo.ray_trainer` (the legacy trainer) and `verl.trainer.ppo.v1.utils` (the
+  v1 trainer, which binds `compute_advantage` by name) are imported: `compute_advantage` is wrapped.
+  For our estimators the wrapper hands values, behaviour log-probs, the response mask and the
+  token-level rewards to `sae_core` on the tensors' own device (see `sae_verl.estimator`); every
+  other estimator goes to veRL's own function untouched;
+- the step's SAE metrics (boundary fraction, mean segment length) are added where veRL gathers
+  each step's metrics: `compute_data_metrics` of the legacy trainer, `_compute_advantage` of the
+  v1 trainer.
+
+Importing this package twice, or reloading it, wraps nothing twice.
 """
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+ESTIMATORS = ("sae", "vapo")  # the estimators of sae_core that veRL cannot feed: they read values / log-probs
+
+_ORIGINAL = "__sae_rl_original__"  # the attribute our wrappers keep veRL's function under
+
+
+def _register(core_algos) -> None:
+    from .estimator import registry_stub
+
+    for name in ESTIMATORS:
+        current = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
+        if current is None or getattr(current, "__sae_rl__", False):
+            core_algos.ADV_ESTIMATOR_REGISTRY[name] = registry_stub(name)
+        # a name some other plugin registered first is left to it
+
+
+def _wrap_compute_advantage(original: Callable) -> Callable:
+    if hasattr(original, _ORIGINAL):
+        return original
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def compute_advantage(*args: Any, **kwargs: Any):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        estimator = bound.arguments["adv_estimator"]
+        name = getattr(estimator, "value", estimator)
+        if name not in ESTIMATORS:
+            return original(*args, **kwargs)
+        from .estimator import compute
+
+        return compute(bound.arguments["data"], name, gamma=bound.arguments["gamma"],
+                       config=bound.arguments["config"])
+
+    setattr(compute_advantage, _ORIGINAL, original)
+    return compute_advantage
+
+
+def _wrap_data_metrics(original: Callable) -> Callable:
+    """The legacy trainer's per-step metrics, plus the SAE metrics of the step's advantages."""
+    if hasattr(original, _ORIGINAL):
+        return original
+
+    @functools.wraps(original)
+    def compute_data_metrics(*args: Any, **kwargs: Any):
+        from .estimator import pop_metrics
+
+        metrics = original(*args, **kwargs)
+        metrics.update(pop_metrics())
+        return metrics
+
+    setattr(compute_data_metrics, _ORIGINAL, original)
+    return compute_data_metrics
+
+
+def _wrap_v1_compute_advantage(original: Callable) -> Callable:
+    """The v1 trainer's `_compute_advantage(self, batch, metrics)`: its `metrics` get ours."""
+    if hasattr(original, _ORIGINAL):
+        return original
+
+    @functools.wraps(original)
+    def _compute_advantage(self, batch, metrics, *args: Any, **kwargs: Any):
+        from .estimator import pop_metrics
+
+        out = original(self, batch, metrics, *args, **kwargs)
+        metrics.update(pop_metrics())
+        return out
+
+    setattr(_compute_advantage, _ORIGINAL, original)
+    return _compute_advantage
+
+
+def _patch_binding(module) -> None:
+    if hasattr(module, "compute_advantage"):
+        module.compute_advantage = _wrap_compute_advantage(module.compute_advantage)
+
+
+def _patch_ray_trainer(module) -> None:
+    _patch_binding(module)
+    if hasattr(module, "compute_data_metrics"):
+        module.compute_data_metrics = _wrap_data_metrics(module.compute_data_metrics)
+
+
+def _patch_v1_trainer_base(module) -> None:
+    for obj in vars(module).values():
+        if inspect.isclass(obj) and obj.__module__ == module.__name__ and "_compute_advantage" in vars(obj):
+            obj._compute_advantage = _wrap_v1_compute_advantage(vars(obj)["_compute_advantage"])
+
+
+# module name -> what to do once it has been executed
+PATCHES: dict[str, Callable[[Any], None]] = {
+    "verl.trainer.ppo.core_algos": _register,
+    "verl.trainer.ppo.ray_trainer": _patch_ray_trainer,
+    "verl.trainer.ppo.v1.utils": _patch_binding,
+    "verl.trainer.ppo.v1.trainer_base": _patch_v1_trainer_base,
+    "verl.experimental.separation.ray_trainer": _patch_ray_trainer,  # binds both names too
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then the module's patch."""
+
+    def __init__(self, loader, name: str):
+        self.loader, self.name = loader, name
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        PATCHES[self.name](module)
+
+    def __getattr__(self, attr):  # get_source, get_filename, ...: the real loader's
+        return getattr(self.loader, attr)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds the modules of PATCHES as Python would, and gives them a patching loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in PATCHES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, fullname)
+        return spec
+
+
+def install() -> None:
+    """Patch the target modules already imported, and the others when they are. Idempotent."""
+    if not any(type(f).__name__ == "_Finder" and type(f).__module__ == __name__ for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    for name, patch in PATCHES.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            patch(module)
+
+
+install()

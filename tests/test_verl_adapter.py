@@ -1,0 +1,274 @@
+"""sae_verl against the installed veRL 0.9.1, on the CPU, with no mock of veRL.
+
+The dev environment installs verl (and TransferQueue, which veRL's v1 trainer imports), and
+`./dev test` sets SAE_REQUIRE_FRAMEWORKS=1 so that a missing verl fails here instead of skipping.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if os.environ.get("SAE_REQUIRE_FRAMEWORKS"):
+    import verl  # noqa: F401
+else:
+    pytest.importorskip("verl")
+
+from omegaconf import OmegaConf  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.trainer.ppo import core_algos, ray_trainer  # noqa: E402
+from verl.utils import torch_functional as verl_F  # noqa: E402
+
+from sae_core import compute_advantages  # noqa: E402
+from sae_core import trajectory as tj  # noqa: E402
+
+SITE = Path(verl.__file__).resolve().parent.parent if (verl := sys.modules.get("verl")) else None
+
+
+def batch(B=6, T=24, seed=0, logprob_keys=("old_log_probs",), values=True, gaps=True):
+    """A veRL batch after the reward and the critic: right-padded responses, an interior gap (tool
+    output) in one row, an outcome reward on each row's last valid token, uids in groups of 2."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    if gaps:
+        mask[0, 3:6] = 0
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lengths - 1] = torch.randint(0, 2, (B,), generator=g).float()
+    tensors = {"responses": torch.randint(0, 100, (B, T), generator=g), "response_mask": mask,
+               "token_level_rewards": rewards, "token_level_scores": rewards.clone(),
+               "prompts": torch.randint(0, 100, (B, 5), generator=g),
+               "attention_mask": torch.cat([torch.ones(B, 5), mask], dim=1)}
+    tensors["attention_mask"][:, :2] = 0  # left padding of the prompts
+    if values:
+        tensors["values"] = torch.rand(B, T, generator=g)
+    for key in logprob_keys:
+        tensors[key] = -torch.rand(B, T, generator=g) * 3
+    uid = np.array([f"p{i // 2}" for i in range(B)], dtype=object)
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": uid}, meta_info={"global_steps": 7})
+
+
+def algorithm(estimator="sae", **sae):
+    cfg = {"gamma": 1.0, "lam": 1.0, "adv_estimator": estimator, "use_pf_ppo": False,
+           "norm_adv_by_std_in_grpo": True}
+    if sae:
+        cfg["sae"] = sae
+    return OmegaConf.create(cfg)
+
+
+def run(data, estimator="sae", gamma=1.0, verl_lam=1.0, **sae):
+    """veRL's compute_advantage as its trainers call it; `sae` are the algorithm.sae options."""
+    return ray_trainer.compute_advantage(data, adv_estimator=estimator, gamma=gamma, lam=verl_lam, num_repeat=2,
+                                         config=algorithm(estimator, **sae))
+
+
+def test_a_fresh_process_finds_sae_without_importing_sae_verl():
+    code = (
+        "import sys\n"
+        "from verl.trainer.ppo import core_algos\n"
+        "import verl.trainer.ppo.ray_trainer as rt\n"
+        "import verl.trainer.ppo.v1.utils as v1\n"
+        "from verl.trainer.ppo.v1 import trainer_base\n"
+        "assert 'sae' in core_algos.ADV_ESTIMATOR_REGISTRY and 'vapo' in core_algos.ADV_ESTIMATOR_REGISTRY\n"
+        "assert hasattr(rt.compute_advantage, '__sae_rl_original__')\n"
+        "assert hasattr(v1.compute_advantage, '__sae_rl_original__')\n"
+        "assert hasattr(trainer_base.PPOTrainer._compute_advantage, '__sae_rl_original__')\n"
+        "assert hasattr(rt.compute_data_metrics, '__sae_rl_original__')\n"
+        "print('plugin loaded by veRL:', 'sae_verl' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plugin loaded by veRL: True" in proc.stdout
+
+
+def test_plugins_off_means_no_sae():
+    """VERL_USE_EXTERNAL_PLUGINS=none is veRL's switch: then nothing of ours is installed."""
+    code = ("from verl.trainer.ppo import core_algos\n"
+            "print('sae' in core_algos.ADV_ESTIMATOR_REGISTRY)\n")
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_importing_where_verl_trainer_cannot_import_is_harmless():
+    code = ("import sys\n"
+            "sys.modules['verl.trainer.ppo.ray_trainer'] = None  # as if its imports failed\n"
+            "import verl, sae_verl\n"
+            "from verl.trainer.ppo import core_algos\n"
+            "assert 'sae' in core_algos.ADV_ESTIMATOR_REGISTRY\n"
+            "try:\n"
+            "    import verl.trainer.ppo.ray_trainer\n"
+            "except ImportError:\n"
+            "    print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_sae_equals_sae_core_then_verl_whitening():
+    data = run(batch(), threshold=0.3, lam=0.9)
+    b = batch()
+    want = compute_advantages(b.batch["token_level_rewards"], b.batch["values"], b.batch["response_mask"],
+                              estimator="sae", logprobs=b.batch["old_log_probs"], threshold=0.3, lam=0.9)
+    assert torch.equal(data.batch["advantages"], verl_F.masked_whiten(want.advantages, b.batch["response_mask"]))
+    assert torch.equal(data.batch["returns"], want.returns)
+
+
+def test_rollout_log_probs_are_preferred():
+    both = batch(logprob_keys=("old_log_probs", "rollout_log_probs"))
+    got = run(both, threshold=0.3).batch["advantages"]
+    only_rollout = batch(logprob_keys=("rollout_log_probs",))
+    only_rollout.batch["rollout_log_probs"] = both.batch["rollout_log_probs"]
+    assert torch.equal(got, run(only_rollout, threshold=0.3).batch["advantages"])
+    old = run(batch(logprob_keys=("old_log_probs", "rollout_log_probs")), threshold=0.3, logprobs="old_log_probs")
+    assert not torch.equal(got, old.batch["advantages"])
+
+
+@pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.99, 0.9), (1.0, 1.0)])
+def test_every_token_a_boundary_is_verls_own_gae(gamma, lam):
+    """threshold 1: every valid token (log-prob < 0) is a boundary, so sae is GAE at lam; veRL
+    computes that GAE with its own loop and whitening."""
+    ours = run(batch(), gamma=gamma, threshold=1.0, lam=lam)
+    theirs = run(batch(), estimator="gae", gamma=gamma, verl_lam=lam)
+    mask = batch().batch["response_mask"].bool()
+    torch.testing.assert_close(ours.batch["advantages"][mask], theirs.batch["advantages"][mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.batch["returns"][mask], theirs.batch["returns"][mask], rtol=1e-5, atol=1e-5)
+
+
+def test_other_estimators_pass_through_untouched():
+    original = ray_trainer.compute_advantage.__sae_rl_original__
+    for estimator in ("gae", "grpo", "reinforce_plus_plus"):
+        ours, theirs = run(batch(), estimator=estimator), original(batch(), estimator, 1.0, 1.0, 2, True,
+                                                                   algorithm(estimator))
+        assert torch.equal(ours.batch["advantages"], theirs.batch["advantages"]), estimator
+
+
+def test_vapo():
+    data = run(batch(), estimator="vapo", alpha=0.1)
+    b = batch()
+    want = compute_advantages(b.batch["token_level_rewards"], b.batch["values"], b.batch["response_mask"],
+                              estimator="vapo", alpha=0.1)
+    assert torch.equal(data.batch["returns"], want.returns)
+
+
+def test_v1_trainer_path():
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    b = batch()
+    keys = [f"{u}_0_{i}" for i, u in enumerate(b.non_tensor_batch["uid"])]
+    v1 = compute_advantage_for_multi_trajectories(b, keys, "sae", gamma=1.0, lam=1.0, num_repeat=2,
+                                                  config=algorithm(threshold=0.3))
+    legacy = run(batch(), threshold=0.3)
+    assert torch.equal(v1.batch["advantages"], legacy.batch["advantages"])
+
+
+def test_step_metrics_reach_veRLs_data_metrics():
+    data = run(batch(), threshold=0.3)
+    metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=True)
+    b = batch()
+    mask = b.batch["response_mask"].bool()
+    boundary = (b.batch["old_log_probs"] < np.log(0.3)) & mask
+    assert metrics["sae/boundary_fraction"] == pytest.approx(boundary.sum().item() / mask.sum().item())
+    segments = 0
+    for row, valid in zip(boundary, mask, strict=True):  # a segment starts at a boundary or the first valid token
+        idx = valid.nonzero().flatten()
+        segments += int(row.sum()) + int(len(idx) > 0 and not row[idx[0]])
+    assert metrics["sae/mean_segment_length"] == pytest.approx(mask.sum().item() / segments)
+    assert "critic/advantages/mean" in metrics  # veRL's own metrics are still there
+    assert "sae/boundary_fraction" not in ray_trainer.compute_data_metrics(batch=data, use_critic=True)  # once
+
+
+@pytest.mark.parametrize("change, flag", [
+    (lambda d: d.batch.pop("values"), "critic.enable=True"),
+    (lambda d: d.batch.pop("old_log_probs"), "calculate_log_probs=True"),
+])
+def test_missing_inputs_name_the_flag(change, flag):
+    data = batch()
+    change(data)
+    with pytest.raises(ValueError, match=flag.replace(".", r"\.")):
+        run(data)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="algorithm.sae.threshhold"):
+        run(batch(), threshhold=0.3)
+
+
+def test_the_registry_entry_explains_itself():
+    with pytest.raises(RuntimeError, match="wrapper of veRL's compute_advantage"):
+        core_algos.get_adv_estimator_fn("sae")(token_level_rewards=None, response_mask=None, config=None)
+
+
+def test_importing_twice_wraps_once():
+    import sae_verl
+
+    before = ray_trainer.compute_advantage
+    importlib.reload(sae_verl)
+    sae_verl.install()
+    assert ray_trainer.compute_advantage is before
+    assert not hasattr(before.__sae_rl_original__, "__sae_rl_original__")
+    assert sum(type(f).__name__ == "_Finder" for f in sys.meta_path) == 1
+
+
+def test_dump_dir_writes_the_standard(tmp_path):
+    data = run(batch(), threshold=0.3, lam=0.9, dump_dir=str(tmp_path))
+    run(batch(), threshold=0.3, lam=0.9, dump_dir=str(tmp_path))  # the same step again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000007-1.parquet", "step-00000007.parquet"]
+    path = tmp_path / "step-00000007.parquet"
+    summary = tj.validate_file(path)
+    assert summary.rows == 6
+    table = tj.read_table(path)
+    mask = batch().batch["response_mask"]
+    lengths = [int(m.nonzero().max()) + 1 for m in mask]
+    assert [len(x) for x in table.column("response_ids").to_pylist()] == lengths
+    assert table.column("group_id").to_pylist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert table.column("prompt_ids").to_pylist()[0] == batch().batch["prompts"][0, 2:].tolist()
+    params = tj.read_info(table.schema).estimators["advantages"]
+    assert params["threshold"] == 0.3 and params["lam"] == 0.9 and params["estimator"] == "sae"
+    # what `sae recompute` would compute from the dump equals the (unwhitened) advantages veRL had
+    again = tj.compute(table.drop_columns(["advantages", "returns", "boundaries"]), **tj.estimator_kwargs(params))
+    np.testing.assert_allclose(np.concatenate(again.column("advantages").to_pylist()),
+                               np.concatenate(table.column("advantages").to_pylist()), rtol=1e-6, atol=1e-6)
+    returns = np.concatenate(table.column("returns").to_pylist())
+    np.testing.assert_allclose(returns, np.concatenate([r[:n] for r, n in zip(data.batch["returns"].numpy(), lengths,
+                                                                               strict=True)]), rtol=1e-6)
+
+
+def test_verls_own_core_algos_tests_pass_with_the_plugin_installed():
+    tests = SITE / "tests" / "trainer" / "ppo" / "test_core_algos_on_cpu.py"
+    if not tests.exists():
+        pytest.skip(f"veRL's wheel ships no {tests}")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+                          capture_output=True, text=True, timeout=600, cwd=tests.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["run_gae.sh", "run_sae.sh"])
+def test_example_scripts_are_valid_verl_configs(script, tmp_path):
+    """Every setting of examples/verl/ composes into veRL 0.9.1's own ppo_trainer config (the runs
+    themselves need GPUs and the hub), and the SAE run's options are ones sae_verl knows."""
+    from hydra import compose, initialize_config_dir
+
+    from sae_verl.estimator import options
+
+    here = Path(__file__).resolve().parent.parent / "examples" / "verl"
+    shell = f'python3() {{ printf "%s\\n" "$@"; }}; source "{here / script}"'
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DATA": str(tmp_path), "DUMP": str(tmp_path / "dump")})
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[:2] == ["-m", "verl.trainer.main_ppo"]
+    config_dir = Path(verl.__file__).resolve().parent / "trainer" / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=args[2:])
+    if script == "run_sae.sh":
+        assert cfg.algorithm.adv_estimator == "sae" and cfg.critic.enable is True
+        assert options(cfg.algorithm) == {"threshold": 0.2, "lam": 0.95, "dump_dir": str(tmp_path / "dump")}
+    else:
+        assert cfg.algorithm.adv_estimator == "gae" and cfg.algorithm.lam == 0.95
