@@ -276,10 +276,17 @@ def compute_advantages_ragged(
 
 def estimator_params(estimator: str = "sae", *, logprobs: Any = None, gamma: float = 1.0, lam: float = 0.95,
                      threshold: float = 0.2, mask_mode: str = "skip", critic_lam: float | None = None,
-                     **estimator_options: Any) -> dict[str, Any]:
+                     require_data: bool = True, **estimator_options: Any) -> dict[str, Any]:
     """The validated parameters of an estimator, as `EstimatorSpec.params()`: for logs and file
-    metadata. Takes the keyword arguments of `compute_advantages` (per-token data such as `logprobs`
-    only to check that the rule has what it reads); raises as `compute_advantages` does."""
+    metadata. Takes the keyword arguments of `compute_advantages`; raises as it does. Per-token data
+    (`logprobs`, `response_ids`, ...) is only checked for presence, and not even that with
+    require_data=False (parameters checked before any data exists, e.g. from a command line)."""
+    if not require_data and estimator == "sae":
+        needs = _RULE_DATA.get(_boundary_rule(estimator_options))
+        if needs == "logprobs":
+            logprobs = True if logprobs is None else logprobs
+        elif needs is not None and estimator_options.get(needs) is None:
+            estimator_options = {**estimator_options, needs: True}
     spec, _ = _make_spec(estimator, gamma, lam, threshold, mask_mode, critic_lam, logprobs, estimator_options)
     return spec.params()
 

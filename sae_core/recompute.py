@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from . import trajectory as tj
@@ -49,10 +48,7 @@ class EstimatorRun:
 
     def recorded(self) -> dict[str, Any]:
         """The parameters the output's metadata records (`EstimatorSpec.params()`)."""
-        rule = tj.boundary_rule(self.estimator, self.params)
-        data = {name: np.zeros(0) for name in ("logprobs", "response_ids", "entropy", "boundaries")
-                if rule is not None and name in tj.needed_columns(self.estimator, rule)}
-        return estimator_params(self.estimator, **{**self.params, **data})
+        return estimator_params(self.estimator, **self.params, require_data=False)
 
 
 def plan_runs(specs: Sequence[str], common: Mapping[str, Any] | None = None) -> list[EstimatorRun]:

@@ -212,7 +212,7 @@ def test_importing_twice_wraps_once():
     sae_verl.install()
     assert ray_trainer.compute_advantage is before
     assert not hasattr(before.__sae_rl_original__, "__sae_rl_original__")
-    assert sum(type(f).__name__ == "_Finder" for f in sys.meta_path) == 1
+    assert sum(type(f).__name__ == "PatchingFinder" for f in sys.meta_path) == 1
 
 
 def test_dump_dir_writes_the_standard(tmp_path):

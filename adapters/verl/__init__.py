@@ -21,12 +21,11 @@ Importing this package twice, or reloading it, wraps nothing twice.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
 import inspect
-import sys
 from collections.abc import Callable
 from typing import Any
+
+from sae_core.import_hooks import on_import
 
 ESTIMATORS = ("sae", "vapo")  # the estimators of sae_core that veRL cannot feed: they read values / log-probs
 
@@ -126,44 +125,9 @@ PATCHES: dict[str, Callable[[Any], None]] = {
 }
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then the module's patch."""
-
-    def __init__(self, loader, name: str):
-        self.loader, self.name = loader, name
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
-        PATCHES[self.name](module)
-
-    def __getattr__(self, attr):  # get_source, get_filename, ...: the real loader's
-        return getattr(self.loader, attr)
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    """Finds the modules of PATCHES as Python would, and gives them a patching loader."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in PATCHES:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PatchingLoader(spec.loader, fullname)
-        return spec
-
-
 def install() -> None:
     """Patch the target modules already imported, and the others when they are. Idempotent."""
-    if not any(type(f).__name__ == "_Finder" and type(f).__module__ == __name__ for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
-    for name, patch in PATCHES.items():
-        module = sys.modules.get(name)
-        if module is not None:
-            patch(module)
+    on_import(PATCHES)
 
 
 install()

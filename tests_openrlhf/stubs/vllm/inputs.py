@@ -1,0 +1,1 @@
+from . import _CudaOnly as TokensPrompt  # noqa: F401
