@@ -988,13 +988,9 @@ class TrajectoryWriter:
     def close(self) -> None:
         """Finish the file and move it to `path`; without overwrite=True a `path` that appeared
         since opening is refused (FileExistsError) and kept. The temporary file never stays."""
-        if not self._open:
-            return
-        self._open = False
         try:
-            self._writer.close()
-            if self.format == "ipc":
-                self._sink.close()
+            if not self._finish():
+                return
             if self.overwrite:
                 os.replace(self.tmp, self.path)
             else:
@@ -1011,15 +1007,23 @@ class TrajectoryWriter:
             self.tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
+        """Drop the temporary file; `path` is left as it was."""
+        try:
+            self._finish()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def _finish(self) -> bool:
+        """Close the writer (once); False if it was closed already."""
         if not self._open:
-            return
+            return False
         self._open = False
         try:
             self._writer.close()
+        finally:
             if self.format == "ipc":
                 self._sink.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        return True
 
     def __enter__(self) -> TrajectoryWriter:
         return self
