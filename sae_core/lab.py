@@ -217,8 +217,8 @@ def default_estimators(lam: float = 0.95) -> list[Estimator]:
     ]
 
 
-METRICS = ("pearson", "spearman", "pearson_segment", "pearson_decisions", "bias", "variance", "mse",
-           "sign_agreement")
+METRICS = ("pearson", "spearman", "pearson_segment", "spearman_segment", "pearson_decisions", "bias", "variance",
+           "mse", "sign_agreement")
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -238,8 +238,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def score(estimated: np.ndarray, exact: np.ndarray, segment_of: np.ndarray, decision: np.ndarray) -> dict[str, float]:
     """Agreement of [N] estimated advantages with the [N] exact ones.
 
-    pearson / spearman: over tokens. pearson_segment: over segments (`segment_of` [N] int64, a
-    common segmentation), each segment's summed advantages. pearson_decisions: over the tokens at
+    pearson / spearman: over tokens. pearson_segment / spearman_segment: over segments
+    (`segment_of` [N] int64, a common segmentation), each segment's summed advantages. pearson_decisions: over the tokens at
     decision positions ([N] bool `decision`), where nearly all of the credit is. bias, variance,
     mse: of the error estimated - exact. sign_agreement: the share of tokens with |exact| > 1e-3
     whose signs agree.
@@ -253,6 +253,7 @@ def score(estimated: np.ndarray, exact: np.ndarray, segment_of: np.ndarray, deci
         "pearson": _pearson(est, exact),
         "spearman": _pearson(_ranks(est), _ranks(exact)),
         "pearson_segment": _pearson(seg_est, seg_exact),
+        "spearman_segment": _pearson(_ranks(seg_est), _ranks(seg_exact)),
         "pearson_decisions": _pearson(est[decision], exact[decision]) if decision.sum() > 2 else math.nan,
         "bias": float(err.mean()),
         "variance": float(err.var()),
