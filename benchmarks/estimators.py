@@ -1,6 +1,6 @@
 """Estimator speed against a GAE loop over T and a memory floor, all measured in the same run.
 
-    .venv/bin/python benchmarks/estimators.py                 (or: ./dev main)
+    .venv/bin/python benchmarks/estimators.py
     python3 benchmarks/estimators.py --device cuda            (a GPU machine; see gpu_check.sh)
 
 CPU (default), on float32 inputs (right-padded responses, 90-100% of T long, a bool mask):
