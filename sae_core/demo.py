@@ -63,13 +63,12 @@ def run(out_dir: str | Path, config: DemoConfig = DemoConfig(), report: bool = T
         raise RuntimeError(result.files[0].error)
     lines.append(f"2. recomputed with {', '.join(RUNS)}: {dst}")
     table = tj.read_table(dst)
-    exact = np.concatenate(table.column("true_advantages").to_numpy(zero_copy_only=False)).astype(np.float64)
-    ragged = tj.to_ragged(table, ["logprobs", "decision"])
-    segments = np.cumsum((ragged.tokens["logprobs"] < np.float32(np.log(0.2))) | _row_starts(ragged)) - 1
+    exact = tj.to_ragged(table, ["true_advantages"]).tokens["true_advantages"].astype(np.float64)
+    segments = lab.segments(rollouts)  # the file keeps the rollouts' row order
     scores = {}
     for run in runs:
         est = tj.to_ragged(table, [f"advantages{run.suffix}"]).tokens[f"advantages{run.suffix}"]
-        scores[run.suffix.lstrip("_")] = lab.score(est, exact, segments, ragged.tokens["decision"])
+        scores[run.suffix.lstrip("_")] = lab.score(est, exact, segments, rollouts.decision)
     lines.append("3. each estimator's advantages against the exact ones (one rollout set, no CI):")
     lines.append(lab.format_table(lab.summarize([scores])))
     if report:
@@ -80,8 +79,3 @@ def run(out_dir: str | Path, config: DemoConfig = DemoConfig(), report: bool = T
     lines.append(f"done in {time.perf_counter() - start:.1f} s; `sae lab` runs the full sweep over critics and seeds")
     return "\n".join(lines)
 
-
-def _row_starts(ragged: tj.Ragged) -> np.ndarray:
-    starts = np.zeros(ragged.offsets[-1], dtype=bool)
-    starts[ragged.offsets[:-1][ragged.lengths > 0]] = True
-    return starts
