@@ -70,7 +70,8 @@ def test_ragged_matches_reference(backend, data):
 @settings(max_examples=8)
 @given(data=st.data())
 def test_rows_up_to_40k_tokens(backend, data):
-    """Long rows in float32, with interior gaps, lambda = 0 spots and gamma * lambda = 0.95."""
+    """Long rows in float32, with interior gaps, lambda = 0 spots, gamma * lambda = 0.95, factors at
+    and above the float32 limit F32_MAX_FACTOR (0.98), and large values (cancellation in A = u + S)."""
     B, T = 3, data.draw(st.sampled_from([4097, 17000, 40000]))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     lengths = np.array([T, rng.integers(1, T + 1), rng.integers(1, T + 1)])
@@ -79,10 +80,13 @@ def test_rows_up_to_40k_tokens(backend, data):
     rewards = np.zeros((B, T), dtype=np.float32)
     rewards[np.arange(B), lengths - 1] = rng.integers(0, 2, size=B)
     rewards += rng.normal(0, 0.01, size=(B, T)).astype(np.float32)  # per-token KL terms
-    values = rng.uniform(0, 1, size=(B, T)).astype(np.float32)
+    values = (rng.uniform(0, 1, size=(B, T)) * data.draw(st.sampled_from([1.0, 1000.0]))).astype(np.float32)
     logprobs = np.log(rng.uniform(0.01, 1.0, size=(B, T))).astype(np.float32)
     kw = data.draw(st.sampled_from([
         {"estimator": "gae", "gamma": 1.0, "lam": 0.95},
+        {"estimator": "gae", "gamma": 1.0, "lam": 0.98},  # float32 at its limit
+        {"estimator": "gae", "gamma": 1.0, "lam": 0.99},  # float64
+        {"estimator": "sae", "gamma": 0.98, "lam": 0.95, "logprobs": logprobs},
         {"estimator": "gae", "gamma": 0.95, "lam": 1.0, "critic_lam": 1.0},
         {"estimator": "sae", "gamma": 1.0, "lam": 0.0, "logprobs": logprobs, "threshold": 0.2},  # lambda = 0 spots
         {"estimator": "sae", "gamma": 1.0, "lam": 0.95, "logprobs": logprobs, "mask_mode": "zero"},
@@ -92,6 +96,40 @@ def test_rows_up_to_40k_tokens(backend, data):
     ref = compute_advantages(rewards, values, mask, backend="reference", **kw)
     tensors = on_device({"r": rewards, "v": values, "m": mask, **kw})
     out = compute_advantages(tensors.pop("r"), tensors.pop("v"), tensors.pop("m"), backend=backend, **tensors)
+    assert_close(out, ref, np.float32)
+
+
+def test_scan_dtype_is_float32_only_where_it_is_close_enough():
+    from sae_core.estimators import _make_spec
+
+    def dtype(out=torch.float32, lengths=(10,), **kw):
+        spec, _ = _make_spec(kw.pop("estimator", "sae"), kw.pop("gamma", 1.0), kw.pop("lam", 0.95), 0.2, "skip",
+                             kw.pop("critic_lam", None), True, kw)
+        rows = torch_scan.Rows(rewards=torch.zeros(sum(lengths)), values=torch.zeros(sum(lengths)), mask=None,
+                               starts=np.cumsum([0, *lengths[:-1]]), lengths=np.array(lengths), logprobs=None,
+                               response_ids=None, entropy=None, given=None)
+        sched = torch_scan.schedule(spec, rows) if spec.estimator == "vapo" else None
+        return torch_scan.scan_dtype(spec, [sched] if sched else [], out)
+
+    assert dtype() == torch.float32  # sae: factors 1 and 0.95
+    assert dtype(estimator="gae", lam=0.98) == torch.float32
+    assert dtype(estimator="mc") == torch.float32  # factor 1: exact
+    assert dtype(estimator="gae", lam=0.99) == torch.float64
+    assert dtype(gamma=0.999) == torch.float64  # every token's factor is 0.999
+    assert dtype(critic_lam=0.995) == torch.float64
+    assert dtype(out=torch.float64) == torch.float64
+    assert dtype(estimator="vapo", alpha=0.05, lengths=(10, 500)) == torch.float32  # lambda 1 - 1/25 = 0.96
+    assert dtype(estimator="vapo", alpha=0.05, lengths=(10, 2000)) == torch.float64  # lambda 0.99
+
+
+@pytest.mark.parametrize("backend", ["torch", *TRITON])
+def test_float32_inputs_whose_scan_overflows_float32_get_the_float64_answer(backend):
+    """u_0 = r_0 - V_0 = 6e38 is past float32's range, A_0 = r_0 + r_1 - V_0 = 3e38 is not."""
+    r = np.array([[3e38, -3e38]], dtype=np.float32)
+    v = np.array([[-3e38, 0.0]], dtype=np.float32)
+    ref = compute_advantages(r, v, None, estimator="mc", backend="reference")
+    out = compute_advantages(*on_device({"r": r, "v": v}).values(), None, estimator="mc", backend=backend)
+    assert np.isfinite(ref.advantages).all()
     assert_close(out, ref, np.float32)
 
 

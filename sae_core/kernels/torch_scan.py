@@ -15,11 +15,20 @@ The scan (`reverse_affine_scan`) is a log-depth doubling over pairs (f, e) insid
 loop over T. It only multiplies and adds, with no division, logarithm or (gamma * lambda)^-t
 rescaling, so no length can make it overflow: products of f only shrink towards 0.
 
-It computes in float64 whatever the input dtype, like the numba and reference backends, and
-returns the caller's dtype. float32 arithmetic would be safe but not accurate enough: lambda itself
-rounds to float32 (0.9995 by 2.3e-8), and over a horizon of 1 / (1 - lambda) tokens (2,000 for
-VAPO's lambda on a 40k-token row) the weights drift by about 5e-5, past the 1e-5 the backends
-must agree to. float64 costs about 1.7x on the CPU and, on a GPU, only bandwidth of temporaries.
+Precision. The reference and numba backends compute in float64. This one computes in float32
+when the caller's dtype is float32 or narrower and float32 is provably close enough, else in
+float64 (`scan_dtype`); it returns the caller's dtype either way. float32 halves the bytes every
+pass moves, which is most of the time on a CPU. Its errors, relative to the outputs' scale:
+- each factor f rounds to float32 (by up to 6e-8), and a weight k factors deep drifts by k times
+  that. Where every factor is 0, 1 or at most F32_MAX_FACTOR (0.98), the weights shrink at
+  least as f^k, so the drift averages at most 6e-8 * f / (1 - f) <= 3e-6;
+- sums and products of the scan go through about 20 roundings (the doubling depth times the
+  levels), on partial sums bounded by a few times the outputs: another ~2e-6.
+Both stay below the 1e-5 the backends agree to in float32. A factor in (0.98, 1) (VAPO's
+lambda on long rows, gamma = 0.999, lam = 0.99) has a horizon of hundreds or thousands of
+tokens, over which the drift would pass 1e-5 (0.9995 rounds by 2.3e-8; over 2,000 tokens the
+weights drift by about 5e-5), so those scans run in float64. A float32 scan that overflows (inputs
+near float32's limit) is run again in float64 before any error is reported.
 
 `schedule` (validation, boundaries, per-token lambdas) is shared with the Triton backend.
 """
@@ -36,6 +45,7 @@ import torch
 from ..estimators import PROBLEM_COLUMNS, EstimatorSpec, Rows
 
 CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
+F32_MAX_FACTOR = 0.98  # the largest factor f = gamma * lambda (other than 1) scanned in float32
 
 
 @dataclass
@@ -101,13 +111,13 @@ def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
             problems[:, PROBLEM_COLUMNS.index("response_mask")] = first_per_row(broken, sched.row_of, starts)
     sched.valid = valid
     score = rows.score if spec.boundary in ("logprob", "quantile", "entropy") else None
-    if score is not None:
-        # one reduction in the common case: the sum of the valid scores is finite unless one is not
-        # (or the sum overflows, a false alarm that only costs the exact search below)
-        total = (score if rows.mask is None else torch.where(valid, score, 0.0)).sum()
-        if not bool(torch.isfinite(total)):
-            problems[:, PROBLEM_COLUMNS.index("score")] = first_per_row(valid & ~torch.isfinite(score),
-                                                                        sched.row_of, starts)
+    # one reduction in the common case: the sum of all scores is finite unless one is not (or the
+    # sum overflows, a false alarm that only costs the exact search below); then the sum of the
+    # valid ones (torch.where is slow on the CPU, so it comes second)
+    if score is not None and not bool(torch.isfinite(score.sum())) and (
+            rows.mask is None or not bool(torch.isfinite(torch.where(valid, score, 0.0).sum()))):
+        problems[:, PROBLEM_COLUMNS.index("score")] = first_per_row(valid & ~torch.isfinite(score),
+                                                                    sched.row_of, starts)
 
     if spec.estimator == "vapo":
         counts = torch.zeros(n_rows, dtype=torch.float64, device=device).index_add_(0, sched.row_of, valid.double())
@@ -243,7 +253,7 @@ def diagnose(spec: EstimatorSpec, rows: Rows, valid: torch.Tensor, row_of: torch
             continue
         alone = _part(rows, int(i), int(i) + 1)
         with torch.no_grad():
-            adv, ret, final = scan(spec, alone, schedule(spec, alone))
+            adv, ret, final = scan(spec, alone, schedule(spec, alone))  # float64
         if not (bool(torch.isfinite(adv).all()) and bool(torch.isfinite(ret).all()) and bool(torch.isfinite(final).all())):
             problems[i, PROBLEM_COLUMNS.index("overflow")] = 0
 
@@ -254,12 +264,17 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     On the CPU the rows go in groups of about CPU_GROUP_TOKENS tokens, so that the dozen or so
     temporaries of the elementwise passes stay in the cache instead of streaming through memory;
     a GPU takes the whole batch at once. Every group is validated before any is scanned, so the
-    errors are the same whatever the grouping.
+    errors are the same whatever the grouping. Each group writes its slice of the outputs, which
+    are allocated once in the caller's dtype.
     """
     out_dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
+    device = rows.rewards.device
     groups = [(0, rows.starts.shape[0])]
-    if rows.rewards.device.type == "cpu":
-        groups = _row_groups(rows.lengths, CPU_GROUP_TOKENS)
+    if device.type == "cpu":
+        tokens = CPU_GROUP_TOKENS
+        if _factors(spec) is not None and scan_dtype(spec, [], out_dtype) == torch.float32:
+            tokens *= 2  # float32 temporaries: twice the tokens in the same bytes
+        groups = _row_groups(rows.lengths, tokens)
     problems = np.full((rows.starts.shape[0], len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
     parts = []
     for first, last in groups:
@@ -269,23 +284,41 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         parts.append((first, last, part, sched))
     if (problems >= 0).any():
         return None, None, None, problems
-    outputs = []
+    dtype = scan_dtype(spec, [sched for *_, sched in parts], out_dtype)
+    if len(parts) == 1:
+        _, _, part, sched = parts[0]
+        adv, ret, _ = _scan_checked(spec, part, sched, dtype, out_dtype)
+        if (sched.problems >= 0).any():
+            return None, None, None, sched.problems
+        return adv, ret, sched.boundaries, sched.problems
+    n = rows.rewards.shape[0]
+    adv = torch.empty(n, dtype=out_dtype, device=device)
+    ret = torch.empty(n, dtype=out_dtype, device=device)
+    boundaries = torch.empty(n, dtype=torch.bool, device=device)
     for first, last, part, sched in parts:
-        with torch.no_grad():
-            adv, ret, final = scan(spec, part, sched)
-        suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
-        if suspects.size:
-            diagnose(spec, part, sched.valid, sched.row_of, suspects, sched.problems)
-            problems[first:last] = sched.problems
-        outputs.append((adv.to(out_dtype), ret.to(out_dtype), sched.boundaries))
+        lo, hi = _span(rows, first, last)
+        _scan_checked(spec, part, sched, dtype, out_dtype, out=(adv[lo:hi], ret[lo:hi]))
+        problems[first:last] = sched.problems
+        boundaries[lo:hi] = sched.boundaries
     if (problems >= 0).any():
         return None, None, None, problems
-    if len(outputs) == 1:
-        return (*outputs[0], problems)
-    return (*(torch.cat(column) for column in zip(*outputs)), problems)
+    return adv, ret, boundaries, problems
 
 
-CPU_GROUP_TOKENS = 1 << 18  # 2 MiB per float64 temporary: a dozen fit in a 32 MiB L3
+def _scan_checked(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype, out_dtype, out=None):
+    """`scan` in `dtype`; where a row's final state is not finite, the float64 scan again (a
+    float32 one can overflow where float64 does not), then `diagnose` (into sched.problems)."""
+    with torch.no_grad():
+        adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out)
+        if dtype != torch.float64 and not bool(torch.isfinite(final).all()):
+            adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out)
+    suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
+    if suspects.size:
+        diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
+    return adv, ret, final
+
+
+CPU_GROUP_TOKENS = 1 << 18  # 2 MiB per float64 temporary (2x the tokens in float32): a dozen fit in L3
 
 
 def _row_groups(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:
@@ -306,8 +339,7 @@ def _part(rows: Rows, first: int, last: int) -> Rows:
     """Rows [first, last) of `rows`, their flat columns as views."""
     if first == 0 and last == rows.starts.shape[0]:
         return rows
-    lo = int(rows.starts[first]) if last > first else 0
-    hi = int(rows.starts[last - 1] + rows.lengths[last - 1]) if last > first else 0
+    lo, hi = _span(rows, first, last)
 
     def cut(x):
         return None if x is None else x[lo:hi]
@@ -317,65 +349,149 @@ def _part(rows: Rows, first: int, last: int) -> Rows:
                 response_ids=cut(rows.response_ids), entropy=cut(rows.entropy), given=cut(rows.given))
 
 
-def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule):
-    """float64 advantages [N], returns [N] and each row's final state [B] (non-finite when an input
-    of the row was, or an input of a later row: see `diagnose`)."""
-    dtype = torch.float64
+def _span(rows: Rows, first: int, last: int) -> tuple[int, int]:
+    """The flat token range [lo, hi) of rows [first, last)."""
+    if last <= first:
+        return 0, 0
+    return int(rows.starts[first]), int(rows.starts[last - 1] + rows.lengths[last - 1])
+
+
+def _factors(spec: EstimatorSpec) -> list[float] | None:
+    """The factors f = gamma * lambda_t other than 0 and 1 that a scan may use, or None for vapo,
+    whose lambdas depend on the row lengths. (Masked tokens in skip mode have f = 1.)"""
+    g = spec.gamma
+    factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}.get(spec.estimator)
+    if factors is None:
+        return None
+    return factors + ([g * spec.critic_lam] if spec.critic_lam is not None else [])
+
+
+def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.dtype:
+    """float32 if the outputs are float32 (or narrower) and every factor of the scan is 0, 1 or at
+    most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds` supplies vapo's
+    per-row lambdas."""
+    if out_dtype == torch.float64:
+        return torch.float64
+    factors = _factors(spec)
+    if factors is None:  # vapo
+        lams = [float(s.lam_rows.max()) for s in scheds if s.lam_rows is not None and s.lam_rows.numel()]
+        factors = [spec.gamma * max(lams, default=0.0)] + ([spec.gamma * spec.critic_lam] if spec.critic_lam is not None else [])
+    ok = all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)
+    return torch.float32 if ok else torch.float64
+
+
+def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, out_dtype=torch.float64, out=None):
+    """Advantages [N] and returns [N] in `out_dtype` (written into `out`, a pair of [N] tensors, when
+    given), computed in `dtype` (float32 or float64: see `scan_dtype`), and each row's final state
+    [B] in `dtype`: non-finite when an input of the row was (or of a later row: see `diagnose`),
+    or when the row's outputs overflowed.
+
+    Every pass is an elementwise op over the flat column. Masks and boundaries enter as 0/1
+    float64 factors rather than through torch.where (which is several times slower on the CPU):
+    multiplying by 0 or 1 is exact for finite numbers, which one sum checks; where a masked
+    token holds inf or NaN, the inputs are masked with torch.where instead.
+    """
     device = rows.rewards.device
-    everything_valid = rows.mask is None
-    valid = sched.valid
-    zero_mode = spec.mask_mode == "zero"
+    n = rows.rewards.shape[0]
+    masked = rows.mask is not None
+    skip = masked and spec.mask_mode == "skip"  # masked tokens: identity steps, outputs 0
+    g = spec.gamma
 
-    def const(x):  # a 0-d tensor: a bare Python scalar in torch.where would compute in float32
-        return torch.tensor(x, dtype=dtype, device=device)
+    def as_dtype(x):  # perhaps the caller's own tensor: never written to
+        return x if x.dtype == dtype else x.to(dtype)
 
-    def where_valid(x, other):
-        return x if everything_valid else torch.where(valid, x, other)
-
-    r = where_valid(rows.rewards.to(dtype), 0.0)
-    v = where_valid(rows.values.to(dtype), 0.0)
+    r, v = as_dtype(rows.rewards), as_dtype(rows.values)
+    keep = None  # [N] `dtype`, 1.0 at valid tokens and 0.0 at masked ones
+    if masked:
+        keep = sched.valid.view(torch.uint8).to(dtype)
+        if bool(torch.isfinite(r.sum() + v.sum())):
+            r, v = r * keep, v * keep
+        else:  # inf or NaN somewhere (perhaps under the mask): 0 * inf would be NaN
+            r = torch.where(sched.valid, r, 0.0)
+            v = torch.where(sched.valid, v, 0.0)
     u = r - v
-    keep = None if (everything_valid or zero_mode) else valid  # None: every token is a step
 
-    def steps(f_t):  # masked tokens in skip mode are identity steps
-        return f_t if keep is None else torch.where(keep, f_t, 1.0)
+    # e_t = gamma * V_t + f_t * u_t, computed as f_t * r_t + d_t * V_t with d_t = gamma - f_t: the
+    # same number without the cancellation of V in u (in float32, V = 1000 would put 6e-5 of
+    # noise into every token's e, even where f = gamma and e = gamma * r). Masked tokens in skip
+    # mode have r = V = 0, so e = 0 there whatever f and d.
+    def factors(b, lam_gamma: float):
+        """(f, d) where `b` [N] (0/1 in `dtype`, or None for none) marks the tokens whose factor is
+        lam_gamma; the others have gamma, or 1 if masked in skip mode. f = base - d, with base
+        gamma (1 at masked tokens in skip mode) and d = b * (gamma - lam_gamma): exact wherever
+        lam_gamma >= gamma / 2 (no rounding in either subtraction), and the same ops for every
+        estimator, so that sae with every token a boundary is gae to the last bit."""
+        base = g
+        if skip:
+            base = 1.0 if g == 1.0 else keep.mul(g - 1.0).add_(1.0)
+        d = 0.0 if b is None else b.mul(g - lam_gamma)
+        if isinstance(d, float):
+            f = base.clone() if isinstance(base, torch.Tensor) else torch.full((n,), base, dtype=dtype,
+                                                                               device=device)
+        else:
+            f = torch.sub(base, d) if isinstance(base, torch.Tensor) else torch.rsub(d, base)
+        return f, d
 
-    if sched.lam_rows is not None:
-        f = steps(spec.gamma * sched.row_lambdas(spec, dtype)[sched.row_of])
-    elif spec.boundary is not None:  # masked tokens are never boundaries: gamma there in zero mode
-        f = steps(torch.where(sched.boundaries, const(spec.gamma * spec.lam), const(spec.gamma)))
-    else:
-        lam = spec.lam if spec.estimator == "gae" else 1.0
-        f = steps(const(spec.gamma * lam).expand(u.shape)).clone()
+    def every(lam_gamma: float):
+        """(f, d) with lam_gamma at every token (gae, the critic's lambda): at every valid token in
+        skip mode, at masked ones too in zero mode."""
+        return factors(keep if skip else torch.ones(n, dtype=dtype, device=device), lam_gamma)
+
+    if sched.lam_rows is not None:  # vapo: each row's own lambda
+        f = (g * sched.row_lambdas(spec, dtype))[sched.row_of]
+        d = torch.rsub(f, g)
+        if skip:
+            f.sub_(1.0).mul_(keep).add_(1.0)
+    elif spec.estimator == "sae":  # masked tokens are never boundaries
+        f, d = factors(sched.boundaries.view(torch.uint8).to(dtype), g * spec.lam)
+    elif spec.estimator == "gae":
+        f, d = every(g * spec.lam)
+    else:  # mc
+        f, d = factors(None, g)
     starts = torch.as_tensor(rows.starts, device=device)
     nonempty = torch.as_tensor(rows.lengths > 0, device=device)
     firsts = starts[nonempty]
     lasts = (starts + torch.as_tensor(rows.lengths, device=device) - 1)[nonempty]
 
-    def arriving(f_t):
-        """The state arriving at each token from its right, and each row's total (consumes f_t)."""
-        e_t = (v.clone() if spec.gamma == 1.0 else v * spec.gamma).addcmul_(f_t, u)
+    def arriving(f_t, d_t):
+        """S shifted: each token's S_{t+1} sits at t + 1, and 0 at every row's first token, so that
+        x[:-1] + s[1:] adds the state arriving at t; and each row's total S_0 [B]. Consumes f_t."""
+        e_t = torch.mul(f_t, r)
+        if isinstance(d_t, torch.Tensor):
+            e_t.addcmul_(d_t, v)
+        elif d_t != 0.0:
+            e_t.add_(v, alpha=d_t)
         f_t[lasts] = 0.0  # a row's last token does not see the next row
         s = reverse_affine_scan(f_t, e_t)
-        y = torch.empty_like(s)
-        y[:-1] = s[1:]
-        y[lasts] = 0.0  # the last token of every row, the last of all included
         final = torch.zeros(rows.starts.shape[0], dtype=dtype, device=device)
         final[nonempty] = s[firsts]
-        return y, final
+        s[firsts] = 0.0  # what arrives at a row's last token: nothing
+        return s, final
 
-    y, final = arriving(f)
+    s, final = arriving(f, d)
     if spec.critic_lam is None:
-        y_critic = y
+        s_critic = s
     else:
-        y_critic, final_critic = arriving(steps(const(spec.gamma * spec.critic_lam).expand(u.shape)).clone())
+        s_critic, final_critic = arriving(*every(g * spec.critic_lam))
         final = final + 0.0 * final_critic  # NaN when either is not finite
     # masked: skip mode outputs 0; zero mode has r = V = 0, so A = R = the arriving state
-    adv = u.add_(y)
-    ret = r + y_critic  # not in place: without a mask r may be the caller's own tensor
-    if not (everything_valid or zero_mode):
-        # finite here (a non-finite state is raised on before the outputs are read), so 0 * x = 0
-        keep_factor = valid.to(dtype)
-        adv.mul_(keep_factor)
-        ret.mul_(keep_factor)
-    return adv, ret, final
+    direct = out is not None and out[0].dtype == dtype  # write the caller's outputs directly
+    adv, ret = out if direct else (torch.empty_like(u), torch.empty_like(u))
+    torch.add(u[:-1], s[1:], out=adv[:-1])
+    adv[-1:] = u[-1:]
+    torch.add(r[:-1], s_critic[1:], out=ret[:-1])
+    ret[-1:] = r[-1:]
+    if skip:  # finite here (r, V were masked), so multiplying by 0 gives 0
+        adv.mul_(keep)
+        ret.mul_(keep)
+    if not bool(torch.isfinite(adv.sum() + ret.sum())):  # an output overflowed (or just their sum)
+        bad = ~(torch.isfinite(adv) & torch.isfinite(ret))
+        if bool(bad.any()):  # those rows count as not finite, like their final state
+            bad_rows = first_per_row(bad, sched.row_of, rows.starts) >= 0
+            final = torch.where(torch.as_tensor(bad_rows, device=device), float("nan"), final)
+    if out is None:
+        return adv.to(out_dtype), ret.to(out_dtype), final
+    if not direct:
+        out[0].copy_(adv)
+        out[1].copy_(ret)
+    return out[0], out[1], final
