@@ -7,7 +7,8 @@ CPU (default), on float32 inputs (right-padded responses, 90-100% of T long, a b
 - the loop: veRL 0.9.1's own `compute_gae_advantage_return` (its Python loop over T, plus its
   whitening) when verl imports, else the same recurrence as a plain torch loop (`loop_gae` below);
 - our GAE and SAE on the numba backend, and SAE on the torch backend (CPU tensors), all through
-  the public `compute_advantages`;
+  the public `compute_advantages`; the torch backend twice: with lam 0.95 (it scans in float32)
+  and with lam 0.99 (a factor past F32_MAX_FACTOR: it scans in float64);
 - the floor: numpy copying three float32 [B, T] arrays (reading rewards, values and log-probs and
   writing as much back, at best).
 
@@ -119,26 +120,35 @@ def cpu(args) -> None:
         ours[shape] = interleaved(fast, args.rounds)
     for shape, (rewards, values, mask, logprobs) in inputs.items():
         tr, tv, tm, tl = (torch.from_numpy(x) for x in (rewards, values, mask, logprobs))
-        slow = {"torch": lambda: compute_advantages(tr, tv, tm, estimator="sae", logprobs=tl, backend="torch")}
-        slow["torch"]()
+        slow = {
+            "torch": lambda: compute_advantages(tr, tv, tm, estimator="sae", logprobs=tl, backend="torch"),
+            # lam 0.99 puts a factor above F32_MAX_FACTOR: the torch backend scans in float64
+            "torch64": lambda: compute_advantages(tr, tv, tm, estimator="sae", logprobs=tl, lam=0.99,
+                                                  backend="torch"),
+        }
+        for fn in slow.values():
+            fn()
         ours[shape].update(interleaved(slow, max(3, args.rounds // 3)))
     rows = []
     for (B, T), (rewards, values, mask, _) in inputs.items():
         tr, tv, tm = torch.from_numpy(rewards), torch.from_numpy(values), torch.from_numpy(mask).long()
         loop_s = interleaved({"loop": lambda: loop(tr, tv, tm, 1.0, 0.95)}, args.loop_rounds)["loop"]
         med = ours[(B, T)]
-        rows.append((B, T, loop_s, med["gae"], med["sae"], med["torch"], med["floor"]))
+        rows.append((B, T, loop_s, med["gae"], med["sae"], med["torch"], med["torch64"], med["floor"]))
 
     print()
-    header = (f"{'shape':>14} {loop_name:>10} {'numba GAE':>10} {'numba SAE':>10} {'torch SAE':>10} {'floor':>8} "
-              f"{'loop/numba':>11} {'loop/torch':>11} {'SAE/floor':>10}")
+    header = (f"{'shape':>14} {loop_name:>10} {'numba GAE':>10} {'numba SAE':>10} {'torch SAE':>10} "
+              f"{'torch f64':>10} {'floor':>8} {'loop/numba':>11} {'loop/torch':>11} {'loop/f64':>9} "
+              f"{'SAE/floor':>10}")
     print(header)
     print("-" * len(header))
-    for B, T, loop_s, gae_s, sae_s, torch_s, floor_s in rows:
+    for B, T, loop_s, gae_s, sae_s, torch_s, torch64_s, floor_s in rows:
         print(f"{f'[{B}, {T}]':>14} {loop_s * 1e3:>8.1f}ms {gae_s * 1e3:>8.2f}ms {sae_s * 1e3:>8.2f}ms "
-              f"{torch_s * 1e3:>8.2f}ms {floor_s * 1e3:>6.2f}ms {loop_s / sae_s:>10.0f}x {loop_s / torch_s:>10.0f}x "
-              f"{sae_s / floor_s:>9.2f}x")
+              f"{torch_s * 1e3:>8.2f}ms {torch64_s * 1e3:>8.2f}ms {floor_s * 1e3:>6.2f}ms {loop_s / sae_s:>10.0f}x "
+              f"{loop_s / torch_s:>10.0f}x {loop_s / torch64_s:>8.0f}x {sae_s / floor_s:>9.2f}x")
     print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds.")
+    print("torch SAE (lam 0.95) scans in float32; torch f64 is SAE with lam 0.99, past the float32 limit of")
+    print("sae_core.kernels.torch_scan.F32_MAX_FACTOR, so the same backend scans in float64.")
     print("targets: loop/numba SAE >= 150x, numba SAE/floor <= 2.0x, loop/torch SAE >= 30x at [256, 8192]")
 
 
