@@ -306,12 +306,16 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
 
 
 def _scan_checked(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype, out_dtype, out=None):
-    """`scan` in `dtype`; where a row's final state is not finite, the float64 scan again (a
-    float32 one can overflow where float64 does not), then `diagnose` (into sched.problems)."""
+    """The fast `scan` in `dtype`. If anything in it came out non-finite, the careful scan again:
+    in `dtype` (an inf or NaN under the mask: the same numbers as the fast scan would give), then
+    in float64 (a float32 overflow). Then `diagnose` the rows still not finite (into
+    sched.problems): a bad input or a float64 overflow."""
     with torch.no_grad():
-        adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out)
+        adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=False)
+        if not bool(torch.isfinite(final).all()):
+            adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=True)
         if dtype != torch.float64 and not bool(torch.isfinite(final).all()):
-            adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out)
+            adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out, careful=True)
     suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
     if suspects.size:
         diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
@@ -380,16 +384,19 @@ def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.
     return torch.float32 if ok else torch.float64
 
 
-def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, out_dtype=torch.float64, out=None):
+def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, out_dtype=torch.float64, out=None,
+         careful: bool = True):
     """Advantages [N] and returns [N] in `out_dtype` (written into `out`, a pair of [N] tensors, when
     given), computed in `dtype` (float32 or float64: see `scan_dtype`), and each row's final state
     [B] in `dtype`: non-finite when an input of the row was (or of a later row: see `diagnose`),
     or when the row's outputs overflowed.
 
     Every pass is an elementwise op over the flat column. Masks and boundaries enter as 0/1
-    float64 factors rather than through torch.where (which is several times slower on the CPU):
-    multiplying by 0 or 1 is exact for finite numbers, which one sum checks; where a masked
-    token holds inf or NaN, the inputs are masked with torch.where instead.
+    factors rather than through torch.where (which is several times slower on the CPU):
+    multiplying by 0 or 1 is exact for finite numbers. With careful=False that is all, and an inf
+    or NaN under the mask, like one anywhere, makes every row's final state NaN: the caller then
+    scans again with careful=True, which masks the inputs with torch.where and marks only the rows
+    whose outputs are not finite.
     """
     device = rows.rewards.device
     n = rows.rewards.shape[0]
@@ -402,19 +409,22 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
 
     r, v = as_dtype(rows.rewards), as_dtype(rows.values)
     keep = None  # [N] `dtype`, 1.0 at valid tokens and 0.0 at masked ones
+    mask_e = False  # whether e (not r and V) gets the mask: skip mode's fast path, one op for two
     if masked:
         keep = sched.valid.view(torch.uint8).to(dtype)
-        if bool(torch.isfinite(r.sum() + v.sum())):
-            r, v = r * keep, v * keep
-        else:  # inf or NaN somewhere (perhaps under the mask): 0 * inf would be NaN
+        if careful:  # inf or NaN may sit under the mask: 0 * inf would be NaN
             r = torch.where(sched.valid, r, 0.0)
             v = torch.where(sched.valid, v, 0.0)
+        elif skip:  # masked r and V only reach e (masked below) and outputs (masked at the end)
+            mask_e = True
+        else:  # zero mode: masked tokens are r = V = 0 tokens
+            r, v = r * keep, v * keep
     u = r - v
 
     # e_t = gamma * V_t + f_t * u_t, computed as f_t * r_t + d_t * V_t with d_t = gamma - f_t: the
     # same number without the cancellation of V in u (in float32, V = 1000 would put 6e-5 of
     # noise into every token's e, even where f = gamma and e = gamma * r). Masked tokens in skip
-    # mode have r = V = 0, so e = 0 there whatever f and d.
+    # mode have e = 0: r = V = 0 there, or e is masked itself.
     def factors(b, lam_gamma: float):
         """(f, d) where `b` [N] (0/1 in `dtype`, or None for none) marks the tokens whose factor is
         lam_gamma; the others have gamma, or 1 if masked in skip mode. f = base - d, with base
@@ -461,6 +471,8 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
             e_t.addcmul_(d_t, v)
         elif d_t != 0.0:
             e_t.add_(v, alpha=d_t)
+        if mask_e:
+            e_t.mul_(keep)
         f_t[lasts] = 0.0  # a row's last token does not see the next row
         s = reverse_affine_scan(f_t, e_t)
         final = torch.zeros(rows.starts.shape[0], dtype=dtype, device=device)
@@ -481,10 +493,12 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     adv[-1:] = u[-1:]
     torch.add(r[:-1], s_critic[1:], out=ret[:-1])
     ret[-1:] = r[-1:]
-    if skip:  # finite here (r, V were masked), so multiplying by 0 gives 0
+    if skip:  # 0 where finite; a NaN stays and is caught below
         adv.mul_(keep)
         ret.mul_(keep)
-    if not bool(torch.isfinite(adv.sum() + ret.sum())):  # an output overflowed (or just their sum)
+    if not bool(torch.isfinite(adv.sum() + ret.sum())):  # an output is not finite (or just their sum)
+        if not careful:
+            return adv, ret, torch.full_like(final, float("nan"))
         bad = ~(torch.isfinite(adv) & torch.isfinite(ret))
         if bool(bad.any()):  # those rows count as not finite, like their final state
             bad_rows = first_per_row(bad, sched.row_of, rows.starts) >= 0
