@@ -30,6 +30,12 @@ tokens, over which the drift would pass 1e-5 (0.9995 rounds by 2.3e-8; over 2,00
 weights drift by about 5e-5), so those scans run in float64. A float32 scan that overflows (inputs
 near float32's limit) is run again in float64 before any error is reported.
 
+Speed on a CPU, where every pass streams its operands through memory: rows go in groups of about
+2 MiB per temporary (`run`), which stay in the cache; masks and boundaries enter as 0/1 factors,
+since torch.where and other bool ops are several times slower than a multiply there (an inf or
+NaN under the mask shows up as a non-finite result, and only then is the group scanned again
+with torch.where: `scan`'s `careful`); each group writes its slice of the caller's outputs.
+
 `schedule` (validation, boundaries, per-token lambdas) is shared with the Triton backend.
 """
 
