@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -283,7 +284,7 @@ def estimator_params(estimator: str = "sae", *, logprobs: Any = None, gamma: flo
     (`logprobs`, `response_ids`, ...) is only checked for presence, and not even that with
     require_data=False (parameters checked before any data exists, e.g. from a command line)."""
     if not require_data and estimator == "sae":
-        needs = _RULE_DATA.get(_boundary_rule(estimator_options))
+        needs = _RULE_DATA.get(_boundary_rule(estimator_options, require_data=False))
         if needs == "logprobs":
             logprobs = True if logprobs is None else logprobs
         elif needs is not None and estimator_options.get(needs) is None:
@@ -399,7 +400,23 @@ def _token_ids(name: str, ids: Any) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in items}))
 
 
-def _boundary_rule(options: dict[str, Any]) -> str:
+def boundary_rule(estimator: str, options: Mapping[str, Any], *, require_data: bool = True) -> str | None:
+    """The boundary rule that `compute_advantages(estimator=estimator, **options)` applies.
+
+    None for the estimators without segments (gae, mc, vapo). For sae: `boundary` when given, else
+    the rule whose option is set (segment_length: "fixed", delimiter_ids: "delimiter", quantile:
+    "quantile", entropy_threshold: "entropy", boundaries: "given"), else "logprob". Raises
+    ValueError, with compute_advantages' message, when options select different rules, `boundary`
+    names an unknown rule, or the rule's option is missing. With require_data=False, the per-token
+    data a rule reads need not be there (boundary="given" without `boundaries`): for parameters
+    checked before the data exists, or whose data comes from elsewhere, such as a file's columns.
+    """
+    if estimator != "sae":
+        return None
+    return _boundary_rule(options, require_data=require_data)
+
+
+def _boundary_rule(options: Mapping[str, Any], require_data: bool = True) -> str:
     selected = [rule for rule, opt in _RULE_OPTION.items() if options.get(opt) is not None]
     rule = options.get("boundary")
     if rule is None:
@@ -409,7 +426,9 @@ def _boundary_rule(options: dict[str, Any]) -> str:
         return selected[0] if selected else "logprob"
     if rule not in BOUNDARY_RULES:
         raise ValueError(f"boundary must be one of {BOUNDARY_RULES}; got {rule!r}")
-    if rule in _RULE_OPTION and options.get(_RULE_OPTION[rule]) is None:
+    option = _RULE_OPTION.get(rule)
+    is_data = option == _RULE_DATA.get(rule)  # "given": its option is the per-token data itself
+    if option is not None and options.get(option) is None and (require_data or not is_data):
         raise ValueError(f"boundary={rule!r} needs the option {_RULE_OPTION[rule]}=...")
     others = [_RULE_OPTION[r] for r in selected if r != rule]
     if others:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from pyarrow import ipc
 import pyarrow.parquet as pq
 
+from . import estimators as _estimators
 from .estimators import BOUNDARY_RULES, ESTIMATORS, compute_advantages_ragged, estimator_params
 
 SPEC_VERSION = "1.0"
@@ -141,17 +142,10 @@ def needed_columns(estimator: str, boundary: str | None = None) -> tuple[str, ..
 
 def boundary_rule(estimator: str, params: Mapping[str, Any]) -> str | None:
     """The boundary rule that `compute(estimator=..., **params)` applies: None for estimators
-    without segments; for sae, `boundary` when given, else the rule whose option is set, else
-    "logprob" (the same choice as `compute_advantages`, which checks the combination)."""
-    if estimator != "sae":
-        return None
-    if params.get("boundary") is not None:
-        return params["boundary"]
-    for rule, option in (("fixed", "segment_length"), ("delimiter", "delimiter_ids"), ("quantile", "quantile"),
-                         ("entropy", "entropy_threshold"), ("given", "boundaries")):
-        if params.get(option) is not None:
-            return rule
-    return "logprob"
+    without segments, else `estimators.boundary_rule`'s choice, which raises on options that
+    conflict. The rule's per-token data is not required in `params`: it comes from the table's
+    columns."""
+    return _estimators.boundary_rule(estimator, params, require_data=False)
 
 
 def spec_document() -> dict[str, Any]:

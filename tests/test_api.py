@@ -102,6 +102,27 @@ def test_boundary_rule_is_chosen_by_its_option_or_by_name():
     assert a.boundaries[:, 0].all() == m[:, 0].all()
 
 
+def test_boundary_rule_names_the_rule_compute_advantages_applies():
+    from sae_core.estimators import boundary_rule
+    from sae_core.trajectory import boundary_rule as table_rule
+
+    assert boundary_rule("gae", {"segment_length": 3}) is None
+    assert boundary_rule("sae", {}) == "logprob"
+    assert boundary_rule("sae", {"segment_length": 3}) == "fixed"
+    assert boundary_rule("sae", {"boundaries": np.ones(3, bool)}) == "given"
+    with pytest.raises(ValueError, match="select different boundary rules"):
+        boundary_rule("sae", {"segment_length": 3, "quantile": 0.5})
+    with pytest.raises(ValueError, match="needs the option boundaries"):
+        boundary_rule("sae", {"boundary": "given"})
+    # the rule's per-token data may come later, or from a file's column
+    assert boundary_rule("sae", {"boundary": "given"}, require_data=False) == "given"
+    assert table_rule("sae", {"boundary": "given"}) == "given"
+    with pytest.raises(ValueError, match="needs the option segment_length"):  # a parameter, not data
+        boundary_rule("sae", {"boundary": "fixed"}, require_data=False)
+    with pytest.raises(ValueError, match="do not apply"):
+        table_rule("sae", {"boundary": "fixed", "segment_length": 2, "quantile": 0.5})
+
+
 def test_delimiter_ids_may_be_one_int_or_a_tensor_of_ids():
     r, v, m, _ = data()
     ids = np.random.default_rng(3).integers(0, 4, size=r.shape)

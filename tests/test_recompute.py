@@ -88,6 +88,21 @@ def test_plan_runs_rejects(specs, common, match):
         rc.plan_runs(specs, common)
 
 
+def test_sae_given_reads_the_boundaries_column(tmp_path):
+    """`sae:boundary=given` takes its boundaries from the file: an earlier sae run's give its numbers."""
+    table = tj.compute(rollouts(12), estimator="sae", backend="reference")
+    src = tj.write_table(table, tmp_path / "in.parquet")
+    runs = rc.plan_runs(["sae:boundary=given"])
+    assert runs[0].params == {"boundary": "given"}
+    assert rc.recompute(src, tmp_path / "out.parquet", runs).ok
+    got = tj.read_table(tmp_path / "out.parquet")
+    for name in ("advantages", "returns"):
+        np.testing.assert_allclose(np.concatenate(got.column(name).to_pylist()),
+                                   np.concatenate(table.column(name).to_pylist()), rtol=1e-6, atol=1e-6)
+    assert got.column("boundaries").to_pylist() == table.column("boundaries").to_pylist()
+    assert tj.read_info(got.schema).estimators["advantages"]["boundary"] == "given"
+
+
 # ----------------------------------------------------------------------------------------------
 # one file
 
