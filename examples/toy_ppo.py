@@ -76,6 +76,7 @@ from transformers import GPT2Config, GPT2ForTokenClassification, GPT2LMHeadModel
 from sae_core import ESTIMATORS, compute_advantages, masked_whiten
 from sae_core import trajectory as tj
 from sae_core.estimators import estimator_params
+from sae_core.metrics import segment_stats
 
 
 def arg(default, help: str, **extra):
@@ -290,17 +291,6 @@ def estimator_kwargs(cfg: Config) -> dict:
     if cfg.estimator == "vapo":
         kw["alpha"] = cfg.alpha
     return kw
-
-
-def segment_stats(boundaries: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-    """(boundary fraction, mean segment length) over the valid tokens of [B, T] right-padded rows,
-    a segment starting at a boundary or at a row's first token (as sae_verl logs them). Estimators
-    without segments have no boundaries: 0 and the mean response length."""
-    valid = mask.bool()
-    n_valid = int(valid.sum())
-    n_boundaries = int((boundaries & valid).sum())
-    segments = n_boundaries + int((valid[:, 0] & ~boundaries[:, 0]).sum())
-    return n_boundaries / n_valid, n_valid / segments
 
 
 def critic_update(critic, opt, seq, P, returns, mask, max_grad_norm) -> float:

@@ -79,13 +79,14 @@ def test_sae_is_sae_core_plus_openrlhfs_normalisation():
     got = m.compute_advantages_and_returns(experiences())
     # by hand: OpenRLHF's shaped rewards, sae_core in zero mode, then OpenRLHF's normalisation
     exps = experiences()
-    advs, rets = [], []
+    advs, rets, bnds = [], [], []
     for exp in exps:
         shaped = compute_reward(exp.rewards, 0.01, exp.kl, action_mask=exp.action_mask)
         out = compute_advantages(shaped, exp.values, exp.action_mask, estimator="sae", logprobs=exp.action_log_probs,
                                  threshold=0.3, lam=0.9, gamma=1.0, mask_mode="zero")
         advs.append(out.advantages)
         rets.append(out.returns)
+        bnds.append(out.boundaries)
     mask = torch.cat([e.action_mask.flatten() for e in exps]).float()
     flat = torch.cat([a.flatten() for a in advs])
     mean = (flat * mask).sum() / mask.sum()
@@ -93,7 +94,14 @@ def test_sae_is_sae_core_plus_openrlhfs_normalisation():
     for exp, adv, ret in zip(got, advs, rets, strict=True):
         torch.testing.assert_close(exp.advantages, (adv - mean) * rstd)
         torch.testing.assert_close(exp.returns, ret)
+    for exp, b in zip(got, bnds, strict=True):  # right-padded rows: each row's first valid token is 0
+        valid = exp.action_mask.bool()
+        b = b & valid
+        n_valid, n_b = valid.sum(-1).float(), b.sum(-1).float()
+        segments = n_b + (valid[:, 0] & ~b[:, 0]).float()
         assert exp.info["sae_boundary_fraction"].shape == (4,)
+        torch.testing.assert_close(exp.info["sae_boundary_fraction"], n_b / n_valid)
+        torch.testing.assert_close(exp.info["sae_mean_segment_length"], n_valid / segments)
 
 
 @pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.99, 0.9)])

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sae_core import compute_advantages
+from sae_core.metrics import segment_counts
 
 _ORIGINAL = "__sae_rl_original__"
 PAPER = {"threshold": 0.2, "lam": 0.95}
@@ -82,10 +83,9 @@ def _advantages(experience, values, rewards, action_mask, gamma: float, options:
     mask = action_mask if action_mask is not None else None
     out = compute_advantages(rewards, values, mask, estimator=estimator, **kwargs)
     if estimator == "sae" and mask is not None:
-        valid = mask.bool()
-        n_valid = valid.sum(-1).clamp(min=1)
-        n_boundaries = (out.boundaries & valid).sum(-1)
-        experience.info["sae_boundary_fraction"] = n_boundaries.float() / n_valid
+        n_valid, n_boundaries, n_segments = segment_counts(out.boundaries, mask)
+        experience.info["sae_boundary_fraction"] = n_boundaries.float() / n_valid.clamp(min=1)
+        experience.info["sae_mean_segment_length"] = n_valid.float() / n_segments.clamp(min=1)
     return out.advantages, out.returns
 
 

@@ -26,13 +26,13 @@ gamma is `algorithm.gamma`.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from sae_core import compute_advantages
 from sae_core.estimators import estimator_params
+from sae_core.metrics import segment_stats
 
 OPTIONS = ("threshold", "lam", "critic_lam", "boundary", "segment_length", "delimiter_ids", "quantile",
            "entropy_threshold", "alpha", "logprobs", "mask_mode", "whiten", "dump_dir")
@@ -147,20 +147,12 @@ def _logprobs(batch, choice: str, estimator: str):
 
 def step_metrics(boundaries, mask, estimator: str) -> dict[str, float]:
     """sae/boundary_fraction: boundaries per valid token; sae/mean_segment_length: valid tokens per
-    segment, a segment starting at a boundary or at a response's first valid token."""
+    segment, a segment starting at a boundary or at a response's first valid token
+    (`sae_core.metrics.segment_stats`)."""
     if estimator != "sae":
         return {}
-    import torch
-
-    valid = mask.bool()
-    n_valid = int(valid.sum())
-    n_boundaries = int((boundaries & valid).sum())
-    first = valid.long().argmax(dim=1)  # each row's first valid token (0 for rows without one)
-    has_valid = valid.any(dim=1)
-    starts_without_boundary = has_valid & ~boundaries[torch.arange(valid.shape[0], device=valid.device), first]
-    segments = n_boundaries + int(starts_without_boundary.sum())
-    return {"sae/boundary_fraction": n_boundaries / n_valid if n_valid else math.nan,
-            "sae/mean_segment_length": n_valid / segments if segments else math.nan}
+    fraction, length = segment_stats(boundaries, mask)
+    return {"sae/boundary_fraction": fraction, "sae/mean_segment_length": length}
 
 
 def pop_metrics() -> dict[str, float]:
