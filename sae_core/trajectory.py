@@ -20,16 +20,16 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyarrow import ipc
 import pyarrow.parquet as pq
+from pyarrow import ipc
 
 from . import estimators as _estimators
 from .estimators import BOUNDARY_RULES, ESTIMATORS, compute_advantages_ragged, estimator_params
