@@ -278,7 +278,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     groups = [(0, rows.starts.shape[0])]
     if device.type == "cpu":
         tokens = CPU_GROUP_TOKENS
-        if _factors(spec) is not None and scan_dtype(spec, [], out_dtype) == torch.float32:
+        if spec.estimator != "vapo" and scan_dtype(spec, [], out_dtype) == torch.float32:
             tokens *= 2  # float32 temporaries: twice the tokens in the same bytes
         groups = _row_groups(rows.lengths, tokens)
     problems = np.full((rows.starts.shape[0], len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
@@ -366,26 +366,21 @@ def _span(rows: Rows, first: int, last: int) -> tuple[int, int]:
     return int(rows.starts[first]), int(rows.starts[last - 1] + rows.lengths[last - 1])
 
 
-def _factors(spec: EstimatorSpec) -> list[float] | None:
-    """The factors f = gamma * lambda_t other than 0 and 1 that a scan may use, or None for vapo,
-    whose lambdas depend on the row lengths. (Masked tokens in skip mode have f = 1.)"""
-    g = spec.gamma
-    factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}.get(spec.estimator)
-    if factors is None:
-        return None
-    return factors + ([g * spec.critic_lam] if spec.critic_lam is not None else [])
-
-
 def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.dtype:
-    """float32 if the outputs are float32 (or narrower) and every factor of the scan is 0, 1 or at
-    most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds` supplies vapo's
-    per-row lambdas."""
+    """float32 if the outputs are float32 (or narrower) and every factor f = gamma * lambda_t of the
+    scan is 0, 1 or at most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds`
+    supplies vapo's per-row lambdas (none: vapo's factor counts as 0). Masked tokens in skip mode
+    have f = 1."""
     if out_dtype == torch.float64:
         return torch.float64
-    factors = _factors(spec)
-    if factors is None:  # vapo
+    g = spec.gamma
+    if spec.estimator == "vapo":
         lams = [float(s.lam_rows.max()) for s in scheds if s.lam_rows is not None and s.lam_rows.numel()]
-        factors = [spec.gamma * max(lams, default=0.0)] + ([spec.gamma * spec.critic_lam] if spec.critic_lam is not None else [])
+        factors = [g * max(lams, default=0.0)]
+    else:
+        factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}[spec.estimator]
+    if spec.critic_lam is not None:
+        factors.append(g * spec.critic_lam)
     ok = all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)
     return torch.float32 if ok else torch.float64
 
@@ -496,7 +491,7 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     direct = out is not None and out[0].dtype == dtype  # write the caller's outputs directly
     adv, ret = out if direct else (torch.empty_like(u), torch.empty_like(u))
     torch.add(u[:-1], s[1:], out=adv[:-1])
-    adv[-1:] = u[-1:]
+    adv[-1:] = u[-1:]  # the last token of the last row: nothing arrives
     torch.add(r[:-1], s_critic[1:], out=ret[:-1])
     ret[-1:] = r[-1:]
     if skip:  # 0 where finite; a NaN stays and is caught below
