@@ -67,6 +67,14 @@ def run(data, estimator="sae", gamma=1.0, verl_lam=1.0, **sae):
                                          config=algorithm(estimator, **sae))
 
 
+def python_c(code: str, env: dict | None = None) -> str:
+    """Run `python -c code` in a fresh interpreter (so veRL's imports happen from scratch); its stdout,
+    after asserting it exited 0."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_a_fresh_process_finds_sae_without_importing_sae_verl():
     code = (
         "import sys\n"
@@ -80,9 +88,7 @@ def test_a_fresh_process_finds_sae_without_importing_sae_verl():
         "assert hasattr(trainer_base.PPOTrainer._compute_advantage, '__sae_rl_original__')\n"
         "assert hasattr(rt.compute_data_metrics, '__sae_rl_original__')\n"
         "print('plugin loaded by veRL:', 'sae_verl' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "plugin loaded by veRL: True" in proc.stdout
+    assert "plugin loaded by veRL: True" in python_c(code)
 
 
 def test_plugins_off_means_no_sae():
@@ -90,9 +96,7 @@ def test_plugins_off_means_no_sae():
     code = ("from verl.trainer.ppo import core_algos\n"
             "print('sae' in core_algos.ADV_ESTIMATOR_REGISTRY)\n")
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "False"
+    assert python_c(code, env).strip() == "False"
 
 
 def test_importing_where_verl_trainer_cannot_import_is_harmless():
@@ -105,9 +109,7 @@ def test_importing_where_verl_trainer_cannot_import_is_harmless():
             "    import verl.trainer.ppo.ray_trainer\n"
             "except ImportError:\n"
             "    print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
+    assert python_c(code).strip().endswith("ok")
 
 
 def test_sae_equals_sae_core_then_verl_whitening():
