@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import is_tensor
+from .arrays import is_tensor
 
 _EPS = 1e-8
 

@@ -83,15 +83,17 @@ RULES = ("logprob", "fixed", "delimiter", "quantile", "entropy", "given")
 
 @st.composite
 def estimator_kwargs(draw, batch: Batch) -> dict:
-    """Keyword arguments for compute_advantages: an estimator, its options and its parameters."""
+    """Keyword arguments for compute_advantages: an estimator, its own options, its parameters and
+    the per-token data its boundary rule reads."""
     estimator = draw(st.sampled_from(["gae", "mc", "sae", "vapo"]))
     kw = {
         "estimator": estimator,
         "gamma": draw(unit),
-        "lam": draw(unit),
         "mask_mode": draw(st.sampled_from(["skip", "zero"])),
         "critic_lam": draw(st.one_of(st.none(), unit)),
     }
+    if estimator in ("gae", "sae"):
+        kw["lam"] = draw(unit)
     if estimator == "vapo":
         kw["alpha"] = draw(st.floats(0.01, 2.0))
     if estimator == "sae":
@@ -109,7 +111,7 @@ def estimator_kwargs(draw, batch: Batch) -> dict:
             kw.update(entropy=batch.entropy, entropy_threshold=draw(st.floats(0.0, 3.0)))
         else:
             seed = draw(st.integers(0, 2**32 - 1))
-            kw.update(boundaries=np.random.default_rng(seed).random(batch.shape) < 0.3)
+            kw.update(boundary="given", given_boundaries=np.random.default_rng(seed).random(batch.shape) < 0.3)
     return kw
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from sae_core import EstimatorSpec, compute_advantages, compute_advantages_ragged
+from sae_core import compute_advantages, compute_advantages_ragged
 
 torch = pytest.importorskip("torch")
 
@@ -19,7 +19,7 @@ def data(B=3, T=7, seed=0):
                                         (np.float16, np.float16), (np.int64, np.float64), (np.bool_, np.float64)])
 def test_numpy_dtypes(dtype, out):
     r, v, m, lp = data()
-    res = compute_advantages(r.astype(dtype), v.astype(dtype), m, logprobs=lp)
+    res = compute_advantages(r.astype(dtype), v.astype(dtype), m, estimator="sae", logprobs=lp)
     assert isinstance(res.advantages, np.ndarray)
     assert res.advantages.dtype == out and res.returns.dtype == out
     assert res.boundaries.dtype == np.bool_ and res.boundaries.shape == r.shape
@@ -27,7 +27,7 @@ def test_numpy_dtypes(dtype, out):
 
 def test_mixed_float_dtypes_promote():
     r, v, m, lp = data()
-    res = compute_advantages(r.astype(np.float32), v, m, logprobs=lp)
+    res = compute_advantages(r.astype(np.float32), v, m, estimator="sae", logprobs=lp)
     assert res.advantages.dtype == np.float64
 
 
@@ -35,20 +35,20 @@ def test_mixed_float_dtypes_promote():
 def test_torch_dtypes_and_values(dtype):
     r, v, m, lp = data()
     tr, tv = torch.tensor(r, dtype=dtype), torch.tensor(v, dtype=dtype)
-    res = compute_advantages(tr, tv, torch.from_numpy(m), logprobs=torch.from_numpy(lp))
+    res = compute_advantages(tr, tv, torch.from_numpy(m), estimator="sae", logprobs=torch.from_numpy(lp))
     assert isinstance(res.advantages, torch.Tensor) and res.advantages.dtype == dtype
     assert res.returns.dtype == dtype and res.boundaries.dtype == torch.bool
     assert res.advantages.device == tr.device
     # half precision inputs are computed in float32 from their (rounded) values, then cast back
     compute = tr.float() if dtype in (torch.bfloat16, torch.float16) else tr
-    expected = compute_advantages(compute.numpy(), tv.to(compute.dtype).numpy(), m, logprobs=lp)
+    expected = compute_advantages(compute.numpy(), tv.to(compute.dtype).numpy(), m, estimator="sae", logprobs=lp)
     assert torch.equal(res.advantages, torch.from_numpy(expected.advantages).to(dtype))
 
 
 def test_torch_matches_numpy_exactly():
     r, v, m, lp = data(B=4, T=3000)
-    a = compute_advantages(r, v, m, logprobs=lp, critic_lam=1.0)
-    b = compute_advantages(torch.from_numpy(r), torch.from_numpy(v), torch.from_numpy(m).long(),
+    a = compute_advantages(r, v, m, estimator="sae", logprobs=lp, critic_lam=1.0)
+    b = compute_advantages(torch.from_numpy(r), torch.from_numpy(v), torch.from_numpy(m).long(), estimator="sae",
                            logprobs=torch.from_numpy(lp), critic_lam=1.0)
     assert_array_equal(b.advantages.numpy(), a.advantages)
     assert_array_equal(b.returns.numpy(), a.returns)
@@ -58,89 +58,123 @@ def test_torch_matches_numpy_exactly():
 def test_no_autograd_graph_and_non_contiguous_inputs():
     r, v, m, lp = data(B=5, T=6)
     tv = torch.tensor(v.T.copy(), requires_grad=True).T  # a non-contiguous view that requires grad
-    res = compute_advantages(torch.from_numpy(r), tv, torch.from_numpy(m), logprobs=torch.from_numpy(lp))
+    res = compute_advantages(torch.from_numpy(r), tv, torch.from_numpy(m), estimator="sae", logprobs=torch.from_numpy(lp))
     assert not res.advantages.requires_grad and res.advantages.grad_fn is None
-    assert_allclose(res.advantages.numpy(), compute_advantages(r, v, m, logprobs=lp).advantages)
+    assert_allclose(res.advantages.numpy(), compute_advantages(r, v, m, estimator="sae", logprobs=lp).advantages)
 
 
 def test_scalar_parameters_may_be_tensors():
     r, v, m, lp = data()
-    a = compute_advantages(r, v, m, logprobs=lp, gamma=torch.tensor(0.9), lam=np.float32(0.5),
+    a = compute_advantages(r, v, m, estimator="sae", logprobs=lp, gamma=torch.tensor(0.9), lam=np.float32(0.5),
                            threshold=torch.tensor(0.3, dtype=torch.float64))
-    b = compute_advantages(r, v, m, logprobs=lp, gamma=float(torch.tensor(0.9)), lam=0.5, threshold=0.3)
+    b = compute_advantages(r, v, m, estimator="sae", logprobs=lp, gamma=float(torch.tensor(0.9)), lam=0.5, threshold=0.3)
     assert_array_equal(a.advantages, b.advantages)
 
 
 def test_rewards_and_values_must_share_array_type_and_device():
     r, v, m, lp = data()
     with pytest.raises(ValueError, match="both be numpy arrays or both torch tensors"):
-        compute_advantages(torch.from_numpy(r), v, m, logprobs=lp)
+        compute_advantages(torch.from_numpy(r), v, m, estimator="sae", logprobs=lp)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_come_back_on_their_device():
     r, v, m, lp = data()
     dev = torch.device("cuda")
-    res = compute_advantages(torch.tensor(r, device=dev), torch.tensor(v, device=dev), torch.tensor(m, device=dev),
+    res = compute_advantages(torch.tensor(r, device=dev), torch.tensor(v, device=dev), torch.tensor(m, device=dev), estimator="sae",
                              logprobs=torch.tensor(lp, device=dev))
     assert res.advantages.device.type == "cuda" and res.boundaries.device.type == "cuda"
-    assert_allclose(res.advantages.cpu().numpy(), compute_advantages(r, v, m, logprobs=lp).advantages)
+    assert_allclose(res.advantages.cpu().numpy(), compute_advantages(r, v, m, estimator="sae", logprobs=lp).advantages)
 
 
 def test_mask_may_be_none_meaning_every_token_valid():
     r, v, _, lp = data()
-    a = compute_advantages(r, v, None, logprobs=lp)
-    b = compute_advantages(r, v, np.ones(r.shape, dtype=bool), logprobs=lp)
+    a = compute_advantages(r, v, None, estimator="sae", logprobs=lp)
+    b = compute_advantages(r, v, np.ones(r.shape, dtype=bool), estimator="sae", logprobs=lp)
     assert_array_equal(a.advantages, b.advantages)
 
 
 def test_boundary_rule_is_chosen_by_its_option_or_by_name():
     r, v, m, lp = data()
-    a = compute_advantages(r, v, m, segment_length=3)
-    b = compute_advantages(r, v, m, boundary="fixed", segment_length=3, logprobs=lp)  # logprobs unused here
+    a = compute_advantages(r, v, m, estimator="sae", segment_length=3)
+    b = compute_advantages(r, v, m, estimator="sae", boundary="fixed", segment_length=3, logprobs=lp)  # logprobs unused here
     assert_array_equal(a.boundaries, b.boundaries)
     assert a.boundaries[:, 0].all() == m[:, 0].all()
 
 
 def test_boundary_rule_names_the_rule_compute_advantages_applies():
-    from sae_core.estimators import boundary_rule
+    from sae_core.registry import boundary_rule
     from sae_core.trajectory import boundary_rule as table_rule
 
     assert boundary_rule("gae", {"segment_length": 3}) is None
     assert boundary_rule("sae", {}) == "logprob"
     assert boundary_rule("sae", {"segment_length": 3}) == "fixed"
-    assert boundary_rule("sae", {"boundaries": np.ones(3, bool)}) == "given"
+    # the given rule's per-token data comes with the call, or from a file's column
+    assert boundary_rule("sae", {"boundary": "given"}) == "given"
     with pytest.raises(ValueError, match="select different boundary rules"):
         boundary_rule("sae", {"segment_length": 3, "quantile": 0.5})
-    with pytest.raises(ValueError, match="needs the option boundaries"):
-        boundary_rule("sae", {"boundary": "given"})
-    # the rule's per-token data may come later, or from a file's column
-    assert boundary_rule("sae", {"boundary": "given"}, require_data=False) == "given"
     assert table_rule("sae", {"boundary": "given"}) == "given"
     with pytest.raises(ValueError, match="needs the option segment_length"):  # a parameter, not data
-        boundary_rule("sae", {"boundary": "fixed"}, require_data=False)
+        boundary_rule("sae", {"boundary": "fixed"})
     with pytest.raises(ValueError, match="do not apply"):
         table_rule("sae", {"boundary": "fixed", "segment_length": 2, "quantile": 0.5})
+
+
+def test_given_boundaries_select_the_given_rule():
+    r, v, m, _ = data()
+    given = np.zeros(r.shape, dtype=bool)
+    given[:, 2] = True
+    a = compute_advantages(r, v, m, estimator="sae", given_boundaries=given)
+    b = compute_advantages(r, v, m, estimator="sae", boundary="given", given_boundaries=given)
+    assert_array_equal(a.boundaries, given & m)
+    assert_array_equal(a.advantages, b.advantages)
+    with pytest.raises(ValueError, match="needs given_boundaries"):
+        compute_advantages(r, v, m, estimator="sae", boundary="given")
+    with pytest.raises(ValueError, match="do not apply"):
+        compute_advantages(r, v, m, estimator="sae", given_boundaries=given, segment_length=2)
 
 
 def test_delimiter_ids_may_be_one_int_or_a_tensor_of_ids():
     r, v, m, _ = data()
     ids = np.random.default_rng(3).integers(0, 4, size=r.shape)
-    a = compute_advantages(r, v, m, delimiter_ids=2, response_ids=ids)
-    b = compute_advantages(r, v, m, delimiter_ids=[2, 2], response_ids=torch.from_numpy(ids))
+    a = compute_advantages(r, v, m, estimator="sae", delimiter_ids=2, response_ids=ids)
+    b = compute_advantages(r, v, m, estimator="sae", delimiter_ids=[2, 2], response_ids=torch.from_numpy(ids))
     assert_array_equal(a.boundaries, b.boundaries)
 
 
 def test_ragged_accepts_tensors_and_returns_tensors():
     r, v, _, lp = data()
     offsets = torch.tensor([0, 5, 12, 21])
-    res = compute_advantages_ragged(torch.from_numpy(r.reshape(-1)), torch.from_numpy(v.reshape(-1)), offsets,
+    res = compute_advantages_ragged(torch.from_numpy(r.reshape(-1)), torch.from_numpy(v.reshape(-1)), offsets, estimator="sae",
                                     logprobs=torch.from_numpy(lp.reshape(-1)))
     assert isinstance(res.advantages, torch.Tensor) and res.advantages.shape == (21,)
 
 
-def test_spec_params_describe_the_estimator():
-    spec = EstimatorSpec("sae", gamma=1.0, lam=0.95, critic_lam=None, mask_mode="skip", boundary="logprob",
-                         threshold=0.2)
-    assert spec.params() == {"estimator": "sae", "gamma": 1.0, "mask_mode": "skip", "critic_lam": None,
-                             "lam": 0.95, "boundary": "logprob", "threshold": 0.2}
+def test_estimator_params_describe_the_estimator():
+    from sae_core import estimator_params
+    from sae_core.registry import make_spec, recorded_params
+
+    expected = {"estimator": "sae", "gamma": 1.0, "mask_mode": "skip", "critic_lam": None,
+                "lam": 0.95, "boundary": "logprob", "threshold": 0.2}
+    assert recorded_params(make_spec("sae")) == expected
+    assert estimator_params("sae") == expected
+    assert estimator_params("gae", lam=0.9) == {"estimator": "gae", "gamma": 1.0, "mask_mode": "skip",
+                                                "critic_lam": None, "lam": 0.9}
+    assert estimator_params("sae", segment_length=4) == {"estimator": "sae", "gamma": 1.0, "mask_mode": "skip",
+                                                         "critic_lam": None, "lam": 0.95, "boundary": "fixed",
+                                                         "segment_length": 4}
+    assert estimator_params("vapo")["alpha"] == 0.05
+
+
+@pytest.mark.parametrize("estimator, option", [("gae", "threshold"), ("mc", "lam"), ("vapo", "lam"),
+                                               ("mc", "threshold")])
+def test_each_estimator_takes_exactly_its_own_options(estimator, option):
+    r, v, m, _ = data()
+    with pytest.raises(TypeError, match=f"estimator '{estimator}'.*unexpected option.*{option}"):
+        compute_advantages(r, v, m, estimator=estimator, **{option: 0.5})
+
+
+def test_estimator_is_required():
+    r, v, m, _ = data()
+    with pytest.raises(TypeError, match="estimator"):
+        compute_advantages(r, v, m)

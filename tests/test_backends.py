@@ -69,8 +69,8 @@ def test_mask_dtypes(backend, mask_dtype):
     r, v = rng.normal(size=(3, 50)), rng.normal(size=(3, 50))
     mask = rng.random((3, 50)) < 0.7
     lp = -rng.exponential(size=(3, 50))
-    ref = compute_advantages(r, v, mask, logprobs=lp, backend="reference")
-    out = compute_advantages(r, v, mask.astype(mask_dtype), logprobs=lp, backend=backend)
+    ref = compute_advantages(r, v, mask, estimator="sae", logprobs=lp, backend="reference")
+    out = compute_advantages(r, v, mask.astype(mask_dtype), estimator="sae", logprobs=lp, backend=backend)
     assert_same(out, ref, np.float64)
 
 
@@ -84,6 +84,8 @@ def test_right_padded_rows_longer_than_a_chunk(backend):
     r, v = rng.normal(size=(B, T)), rng.normal(size=(B, T))
     lp = -rng.exponential(size=(B, T))
     for mode in ("skip", "zero"):
-        ref = compute_advantages(r, v, mask, logprobs=lp, mask_mode=mode, critic_lam=1.0, backend="reference")
-        out = compute_advantages(r, v, mask, logprobs=lp, mask_mode=mode, critic_lam=1.0, backend=backend)
+        ref = compute_advantages(r, v, mask, estimator="sae", logprobs=lp, mask_mode=mode, critic_lam=1.0,
+                                 backend="reference")
+        out = compute_advantages(r, v, mask, estimator="sae", logprobs=lp, mask_mode=mode, critic_lam=1.0,
+                                 backend=backend)
         assert_same(out, ref, np.float64)

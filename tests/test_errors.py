@@ -54,13 +54,14 @@ def batch(B=3, T=5):
         (lambda a: a.update(boundary="random"), "boundary must be one of"),
         (lambda a: a.update(segment_length=4, quantile=0.5), "select different boundary rules"),
         (lambda a: a.update(boundary="quantile", quantile=0.5, segment_length=4), "do not apply to boundary='quantile'"),
-        (lambda a: a.update(boundaries=np.full((3, 5), 2)), "boundaries must hold 0/1"),
+        (lambda a: a.update(boundary="given", given_boundaries=np.full((3, 5), 2)), "given_boundaries must hold 0/1"),
+        (lambda a: a.update(boundary="given"), "needs given_boundaries"),
         (lambda a: a.update(estimator="vapo", alpha=0.0, logprobs=None), "alpha must be > 0"),
     ],
 )
 def test_bad_arguments(change, match):
     r, v, m, lp = batch()
-    args = {"rewards": r, "values": v, "response_mask": m, "logprobs": lp}
+    args = {"rewards": r, "values": v, "response_mask": m, "logprobs": lp, "estimator": "sae"}
     change(args)
     with pytest.raises(ValueError, match=match):
         compute_advantages(args.pop("rewards"), args.pop("values"), args.pop("response_mask"), **args)
@@ -84,7 +85,7 @@ def test_non_finite_on_a_valid_token_names_argument_row_and_token(backend, name,
     arrays[name][2, 0] = bad
     with pytest.raises(ValueError, match=rf"^{name} has a non-finite value \({bad}\) at row 1, token {token}, "
                                          r"a valid token .*1 more row"):
-        compute_advantages(r, v, m, logprobs=lp, backend=backend)
+        compute_advantages(r, v, m, estimator="sae", logprobs=lp, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,7 +95,7 @@ def test_non_finite_on_a_masked_token_is_fine(backend, mode):
     m[1, 2] = 0
     for x in (r, v, lp):
         x[1, 2] = np.nan
-    out = compute_advantages(r, v, m, logprobs=lp, backend=backend, mask_mode=mode)
+    out = compute_advantages(r, v, m, estimator="sae", logprobs=lp, backend=backend, mask_mode=mode)
     assert np.isfinite(out.advantages).all() and np.isfinite(out.returns).all()
 
 
@@ -104,7 +105,7 @@ def test_entropy_not_finite(backend):
     ent = np.ones((3, 5))
     ent[0, 3] = np.nan
     with pytest.raises(ValueError, match="entropy has a non-finite value .* at row 0, token 3"):
-        compute_advantages(r, v, m, entropy=ent, entropy_threshold=1.0, backend=backend)
+        compute_advantages(r, v, m, estimator="sae", entropy=ent, entropy_threshold=1.0, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,7 +114,7 @@ def test_mask_other_than_zero_one(backend, value):
     r, v, m, lp = batch()
     m[2, 1] = value
     with pytest.raises(ValueError, match=rf"response_mask must hold only 0 and 1; row 2, token 1 holds {value}"):
-        compute_advantages(r, v, m, logprobs=lp, backend=backend)
+        compute_advantages(r, v, m, estimator="sae", logprobs=lp, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -162,7 +163,7 @@ def test_inputs_are_never_modified(backend, with_mask):
     before = [x.copy() for x in arrays]
     for mode in ("skip", "zero"):
         for critic_lam in (None, 1.0):
-            compute_advantages(r, v, m, logprobs=lp, mask_mode=mode, critic_lam=critic_lam, backend=backend)
+            compute_advantages(r, v, m, estimator="sae", logprobs=lp, mask_mode=mode, critic_lam=critic_lam, backend=backend)
     for x, y in zip(arrays, before):
         assert np.array_equal(x, y)
 
@@ -171,7 +172,7 @@ def test_messages_are_single_sentences_without_internal_names():
     r, v, m, lp = batch()
     r[0, 0] = np.nan
     with pytest.raises(ValueError) as err:
-        compute_advantages(r, v, m, logprobs=lp)
+        compute_advantages(r, v, m, estimator="sae", logprobs=lp)
     assert not re.search(r"_P_|problems|kernel", str(err.value))
 
 
@@ -203,6 +204,6 @@ def test_float16_results_that_overflow_float16_raise(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_float16_columns_are_read_as_float32(backend):
     r, v, m, lp = batch()
-    a = compute_advantages(r, v, m.astype(np.float16), logprobs=lp.astype(np.float16), backend=backend)
-    b = compute_advantages(r, v, m, logprobs=lp.astype(np.float16).astype(np.float32), backend=backend)
+    a = compute_advantages(r, v, m.astype(np.float16), estimator="sae", logprobs=lp.astype(np.float16), backend=backend)
+    b = compute_advantages(r, v, m, estimator="sae", logprobs=lp.astype(np.float16).astype(np.float32), backend=backend)
     np.testing.assert_array_equal(a.advantages, b.advantages)

@@ -33,7 +33,7 @@ def test_gae(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mc(backend):
-    out = compute_advantages(R3, V3, np.ones((1, 3)), estimator="mc", gamma=0.5, lam=0.5, backend=backend)
+    out = compute_advantages(R3, V3, np.ones((1, 3)), estimator="mc", gamma=0.5, backend=backend)
     assert_allclose(out.advantages, MC3, atol=1e-12)
 
 
@@ -125,4 +125,4 @@ def test_boundary_rules(backend):
     assert_array_equal(bnd(entropy=ent, entropy_threshold=1.0), [[0, 1, 0, 0, 1, 0]])
     # boundaries given by the caller, never on a masked token
     given = np.array([[1, 0, 1, 0, 0, 1]], dtype=bool)
-    assert_array_equal(bnd(boundaries=given), [[1, 0, 0, 0, 0, 1]])
+    assert_array_equal(bnd(given_boundaries=given), [[1, 0, 0, 0, 0, 1]])

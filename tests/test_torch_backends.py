@@ -5,6 +5,9 @@ TRITON_INTERPRET=1), with a 16-token chunk so that short rows still span several
 (benchmarks/gpu_check.sh), the same tests run on CUDA tensors.
 """
 
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,7 +18,11 @@ from helpers import batches, estimator_kwargs, ragged_kwargs, to_ragged
 from sae_core import compute_advantages, compute_advantages_ragged
 
 torch = pytest.importorskip("torch")
-from sae_core.kernels import torch_scan, triton_scan  # noqa: E402
+from sae_core import kernels  # noqa: E402
+from sae_core.arrays import result_form  # noqa: E402
+from sae_core.kernels import torch_scan, torch_schedule, triton_scan  # noqa: E402
+from sae_core.registry import make_spec  # noqa: E402
+from sae_core.types import GIVEN_LAMBDAS, EstimatorSpec, Rows  # noqa: E402
 
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 TRITON = ["triton"] if triton_scan.available(DEVICE) else []
@@ -100,15 +107,12 @@ def test_rows_up_to_40k_tokens(backend, data):
 
 
 def test_scan_dtype_is_float32_only_where_it_is_close_enough():
-    from sae_core.estimators import _make_spec
-
     def dtype(out=torch.float32, lengths=(10,), **kw):
-        spec, _ = _make_spec(kw.pop("estimator", "sae"), kw.pop("gamma", 1.0), kw.pop("lam", 0.95), 0.2, "skip",
-                             kw.pop("critic_lam", None), True, kw)
-        rows = torch_scan.Rows(rewards=torch.zeros(sum(lengths)), values=torch.zeros(sum(lengths)), mask=None,
-                               starts=np.cumsum([0, *lengths[:-1]]), lengths=np.array(lengths), logprobs=None,
-                               response_ids=None, entropy=None, given=None)
-        sched = torch_scan.schedule(spec, rows) if spec.estimator == "vapo" else None
+        spec = make_spec(kw.pop("estimator", "sae"), **kw)
+        rows = Rows(rewards=torch.zeros(sum(lengths)), values=torch.zeros(sum(lengths)), mask=None,
+                    starts=np.cumsum([0, *lengths[:-1]]), lengths=np.array(lengths), logprobs=None,
+                    response_ids=None, entropy=None, given=None)
+        sched = torch_schedule.schedule(spec, rows) if spec.estimator == "vapo" else None
         return torch_scan.scan_dtype(spec, [sched] if sched else [], out)
 
     assert dtype() == torch.float32  # sae: factors 1 and 0.95
@@ -120,6 +124,8 @@ def test_scan_dtype_is_float32_only_where_it_is_close_enough():
     assert dtype(out=torch.float64) == torch.float64
     assert dtype(estimator="vapo", alpha=0.05, lengths=(10, 500)) == torch.float32  # lambda 1 - 1/25 = 0.96
     assert dtype(estimator="vapo", alpha=0.05, lengths=(10, 2000)) == torch.float64  # lambda 0.99
+    lambdas = EstimatorSpec(estimator=GIVEN_LAMBDAS, gamma=0.5, lam=1.0, critic_lam=None, mask_mode="skip")
+    assert torch_scan.scan_dtype(lambdas, [], torch.float32) == torch.float64  # the caller's lambdas: any factor
 
 
 @pytest.mark.parametrize("backend", ["torch", *TRITON])
@@ -155,7 +161,8 @@ def test_outputs_on_the_input_device_without_autograd(backend):
     r = torch.tensor(rng.normal(size=(2, 37)), dtype=torch.bfloat16, device=DEVICE)
     v = torch.tensor(rng.normal(size=(2, 37)), dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
     lp = torch.tensor(-rng.exponential(size=(2, 37)), device=DEVICE)
-    out = compute_advantages(r, v, torch.ones(2, 37, dtype=torch.bool, device=DEVICE), logprobs=lp, backend=backend)
+    out = compute_advantages(r, v, torch.ones(2, 37, dtype=torch.bool, device=DEVICE), estimator="sae", logprobs=lp,
+                             backend=backend)
     for x in out:
         assert x.device == r.device and not x.requires_grad
     assert out.advantages.dtype == torch.bfloat16 and out.boundaries.dtype == torch.bool
@@ -180,16 +187,50 @@ def test_triton_without_a_gpu_says_what_it_needs(monkeypatch):
 
 
 def test_auto_takes_numba_for_cpu_tensors():
-    from sae_core.estimators import _backend
-    from sae_core._arrays import result_form
-
     x = torch.zeros(2, 3)
-    run, tensors = _backend("auto", result_form(x, x))
+    run, tensors = kernels.select("auto", result_form(x, x))
     assert run.__module__.endswith("numba_scan") and not tensors
     if DEVICE.type == "cuda":
         x = x.to(DEVICE)
-        run, tensors = _backend("auto", result_form(x, x))
+        run, tensors = kernels.select("auto", result_form(x, x))
         assert run.__module__.endswith("triton_scan") and tensors
+
+
+def cuda_form():
+    """The result form of CUDA float32 tensors (select reads only the device's type: no GPU needed)."""
+    x = torch.zeros(2, 3)
+    return dataclasses.replace(result_form(x, x), device=torch.device("cuda"))
+
+
+LAMBDAS = EstimatorSpec(estimator=GIVEN_LAMBDAS, gamma=1.0, lam=1.0, critic_lam=None, mask_mode="skip")
+
+
+def test_given_lambdas_go_to_torch_on_cuda_and_never_to_triton():
+    run, tensors = kernels.select("auto", cuda_form(), LAMBDAS)
+    assert run.__module__.endswith("torch_scan") and tensors
+    x = torch.zeros(2, 3, device=DEVICE)
+    for form in (result_form(x, x), cuda_form()):
+        with pytest.raises(ValueError, match="backend='triton' does not support the caller's own lambdas"):
+            kernels.select("triton", form, LAMBDAS)
+    run, _ = kernels.select("auto", result_form(x.cpu(), x.cpu()), LAMBDAS)
+    assert run.__module__.endswith("numba_scan")
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_cpu_backends_with_cuda_tensors_warn_of_the_round_trip(backend):
+    with pytest.warns(UserWarning, match=f"backend='{backend}' computes on the CPU: the cuda tensors go to host"):
+        run, tensors = kernels.select(backend, cuda_form())
+    assert not tensors
+    x = torch.zeros(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.select(backend, result_form(x, x))  # CPU tensors: no warning
+
+
+def test_unknown_backend_is_named():
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.select("cuda", result_form(x, x))
 
 
 @given(data=st.data())
@@ -222,6 +263,26 @@ def test_float32_logprobs_at_the_threshold_compare_like_float64(backend, thresho
     z = np.zeros((1, 3), dtype=np.float32)
     for kw in ({"logprobs": near, "threshold": threshold},
                {"entropy": entropy, "entropy_threshold": float(-np.log(threshold))}):
-        ref = compute_advantages(z, z, None, backend="reference", **kw)
-        out = compute_advantages(*on_device({"r": z, "v": z}).values(), None, backend=backend, **on_device(kw))
+        ref = compute_advantages(z, z, None, estimator="sae", backend="reference", **kw)
+        out = compute_advantages(*on_device({"r": z, "v": z}).values(), None, estimator="sae", backend=backend,
+                                 **on_device(kw))
         assert_array_equal(out.boundaries.cpu().numpy(), ref.boundaries)
+
+
+@pytest.mark.parametrize("mask_mode", ["skip", "zero"])
+def test_given_lambdas_on_the_device_match_the_reference(mask_mode):
+    from sae_core import compute_advantages_from_lambdas
+
+    rng = np.random.default_rng(2)
+    B, T = 4, 300
+    r, v = rng.normal(size=(B, T)).astype(np.float32), rng.normal(size=(B, T)).astype(np.float32)
+    mask = rng.random((B, T)) < 0.8
+    lam = np.where(mask, rng.uniform(size=(B, T)), np.nan)
+    kw = {"gamma": 0.99, "mask_mode": mask_mode, "critic_lam": 0.95}
+    ref = compute_advantages_from_lambdas(r, v, mask, lam, backend="reference", **kw)
+    tensors = on_device({"r": r, "v": v, "m": mask, "lam": lam})
+    for backend in ("auto", "torch"):
+        out = compute_advantages_from_lambdas(tensors["r"], tensors["v"], tensors["m"], tensors["lam"],
+                                              backend=backend, **kw)
+        assert out.advantages.device.type == DEVICE.type
+        assert_close(out, ref, np.float32)

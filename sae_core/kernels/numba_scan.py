@@ -1,9 +1,11 @@
 """The numba backend: the masked reverse scan on the CPU, parallel over rows.
 
-The recursion of `sae_core.estimators` is rewritten as a first-order affine scan over *every*
-position, so that skip mode needs no lookup of next(t). With X_t = gamma * (V_t + c_t * A_t), where
-c_t is the lambda that token t imposes on its predecessor (lam at a boundary, 1 inside a segment
-for sae; lam for gae; 1 for mc; the row's lambda for vapo):
+The math and its time index are in `sae_core.schedules`. This backend scans its affine form over
+*every* position, so that skip mode needs no lookup of next(t). One index convention throughout:
+per token t of the flat column, c_t is the lambda that token t imposes on its predecessor
+(c_next(t) = lambda_t, `schedules.affine_factors`: lam at a boundary and 1 inside a segment for
+sae; lam for gae; 1 for mc; the row's lambda for vapo; the caller's lambdas shifted onto next(t)
+for GIVEN_LAMBDAS), and with X_t = gamma * (V_t + c_t * A_t):
 
     A_t = u_t + S_{t+1},   u_t = r_t - V_t            (S_{t+1}: the state arriving from the right)
     S_t = e_t + f_t * S_{t+1},  f_t = gamma * c_t,  e_t = gamma * V_t + f_t * u_t
@@ -25,6 +27,7 @@ every bad row; only those rows are searched for the first bad token. Masks reach
 Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
 lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) takes
 passes without any mask logic over its valid part; in skip mode its padding is identity steps.
+Why the kernel is shaped this way (and what it costs) is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ..estimators import PROBLEM_COLUMNS, EstimatorSpec, Rows
+from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
 CHUNK = 2048  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
@@ -67,17 +70,18 @@ def _valid_prefix(mask):  # pragma: no cover - compiled
 
 # Optional inputs are passed as None or an array, and flags as None or True: numba compiles one
 # variant per combination of types and prunes the `is None` branches at compile time. As runtime
-# booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3 (3x slower).
+# booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3.
 
 
 @nb.njit(cache=True, nogil=True)
-def _prepare(rewards, values, mask, score, score_sign, cut, given, lam, gamma, critic_f, zero,
+def _prepare(rewards, values, mask, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
              bnd, e, f, e2, f2):  # pragma: no cover - compiled
     """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t.
 
     mask None: every token valid. score / given: where boundaries come from (both None: no
-    segments, and bnd, all False already, is not written). critic_f None: no decoupled critic (e2,
-    f2 unused). zero None: skip mode.
+    segments, and bnd, all False already, is not written). factors: c_t per token (the caller's
+    lambdas, from `_lambda_factors`), or None: c_t from lam and the boundaries. critic_f None: no
+    decoupled critic (e2, f2 unused). zero None: skip mode.
     """
     for q in range(rewards.shape[0]):
         valid = True
@@ -101,6 +105,8 @@ def _prepare(rewards, values, mask, score, score_sign, cut, given, lam, gamma, c
             b = valid & given[q]
             c = lam if b else 1.0
             bnd[q] = b
+        if factors is not None:
+            c = np.float64(factors[q])
         keep = valid
         if zero is not None:
             keep = True
@@ -156,8 +162,8 @@ def _scan_lanes(e, f, s, first, s0, s1, s2, s3):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
-           starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
+def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+           zero, starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
     """Scan the rows `lanes` (at most LANES of them) in lockstep, chunk by chunk from their ends.
 
     Lane j's row is seen as if it had j * CHUNK / LANES identity steps after its end, so the lanes'
@@ -230,11 +236,13 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_row
             cut = cuts[i] if score is not None else 0.0
             if k >= 0:
                 _prepare(rewards[t0:t1], values[t0:t1], None, score[t0:t1] if score is not None else None,
-                         score_sign, cut, given[t0:t1] if given is not None else None, lam_rows[i], gamma,
+                         score_sign, cut, given[t0:t1] if given is not None else None,
+                         factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
                          critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
             elif mask is not None:  # always true here; the test lets numba compile this call only with a mask
                 _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1], score[t0:t1] if score is not None else None,
-                         score_sign, cut, given[t0:t1] if given is not None else None, lam_rows[i], gamma,
+                         score_sign, cut, given[t0:t1] if given is not None else None,
+                         factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
                          critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
         a0, a1, a2, a3 = _scan_lanes(e, f, s, first, a0, a1, a2, a3)
         if critic_f is not None:
@@ -263,14 +271,14 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_row
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _scan(order, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
-          starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
+def _scan(order, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+          zero, starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
     """All rows, LANES at a time in the order `order`, blocks spread over the cores."""
     n_blocks = (order.shape[0] + LANES - 1) // LANES
     for k in nb.prange(n_blocks):
         lanes = order[k * LANES:min((k + 1) * LANES, order.shape[0])]
-        _block(lanes, rewards, values, mask, score, score_sign, cuts, given, lam_rows, gamma, critic_f, zero,
-               starts, lengths, adv, ret, bnd, final)
+        _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+               zero, starts, lengths, adv, ret, bnd, final)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -349,6 +357,22 @@ def _delimiter_boundaries(ids, mask, starts, lengths, delimiters, out):  # pragm
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
+def _lambda_factors(lambdas, mask, starts, lengths, zero, out):  # pragma: no cover - compiled
+    """out[p] = c_p for the caller's lambdas (`schedules.affine_factors`): the lambda_t of the
+    position t that p is next of, 1 for a masked t in zero mode (masked lambdas are never read as
+    numbers), 0 at each row's first position that takes part, 1 at skip-mode masked positions."""
+    for i in nb.prange(starts.shape[0]):
+        previous = 0.0  # the lambda of the last position that took part, 0 before the first
+        for t in range(starts[i], starts[i] + lengths[i]):
+            valid = mask is None or mask[t] != 0
+            if valid or zero:
+                out[t] = previous
+                previous = np.float64(lambdas[t]) if valid else 1.0
+            else:
+                out[t] = 1.0
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _mask_to_uint8(mask, starts, lengths, out, problems):  # pragma: no cover - compiled
     """out = mask as 0/1 bytes; per row, the first entry other than 0 and 1 goes to problems."""
     for i in nb.prange(starts.shape[0]):
@@ -391,8 +415,11 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         with np.errstate(divide="ignore", over="ignore"):  # an empty row or a tiny alpha: lambda 0
             lam_rows = np.clip(1.0 - 1.0 / (spec.alpha * counts), 0.0, 1.0)
 
-    score = given = None
+    score = given = factors = None
     score_sign, cuts = 1.0, _NO_CUTS
+    if spec.estimator == GIVEN_LAMBDAS:
+        factors = np.empty(n, dtype=np.float64)
+        _lambda_factors(rows.lambdas, mask, starts, lengths, spec.mask_mode == "zero", factors)
     if spec.boundary in ("logprob", "quantile", "entropy"):
         score = rows.score
         if spec.boundary == "logprob":
@@ -422,8 +449,8 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     final = np.zeros(n_rows, dtype=np.float64)
     critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
     zero = True if spec.mask_mode == "zero" else None
-    _scan(order, rows.rewards, rows.values, mask, score, score_sign, cuts, given, lam_rows, spec.gamma, critic_f,
-          zero, starts, lengths, adv, ret, bnd, final)
+    _scan(order, rows.rewards, rows.values, mask, score, score_sign, cuts, given, factors, lam_rows, spec.gamma,
+          critic_f, zero, starts, lengths, adv, ret, bnd, final)
 
     for i in np.flatnonzero(~np.isfinite(final)):
         _diagnose(rows.rewards, rows.values, mask, score, starts[i], lengths[i], problems[i])

@@ -1,14 +1,17 @@
 """The torch backend: the masked reverse scan as tensor ops, on the tensors' own device (CPU or CUDA).
 
-It uses the affine form of the numba backend (see `numba_scan`): per token, with c_t the lambda that
-token t imposes on its predecessor,
+The math and its time index are in `sae_core.schedules`. This backend scans its affine form, one
+index convention throughout: per token t of the flat column, with c_t the lambda that token t
+imposes on its predecessor (c_next(t) = lambda_t, `schedules.affine_factors`),
 
     f_t = gamma * c_t,  e_t = gamma * V_t + f_t * u_t,  u_t = r_t - V_t
     S_t = e_t + f_t * S_{t+1};   A_t = u_t + S_{t+1};   R_t = r_t + S'_{t+1}
 
 with skip-mode masked tokens as identity steps (f = 1, e = 0) and zero-mode ones as r = V = 0.
-Rows lie end to end in one flat column; each row's last token gets f = 0 in the scan, which cuts
-the link to the next row, so padded and ragged batches are the same computation.
+Rows lie end to end in one flat [N] column (`types.Rows`); each row's last token gets f = 0 in the
+scan, which cuts the link to the next row, so padded and ragged batches are the same computation.
+The schedule (mask checks, boundaries, per-row lambdas, the caller's factors c_t) comes from
+`torch_schedule`.
 
 The scan (`reverse_affine_scan`) is a log-depth doubling over pairs (f, e) inside chunks of
 `CHUNK` tokens, the same scan over the chunks' totals (recursively), then one fix-up: no Python
@@ -17,8 +20,8 @@ rescaling, so no length can make it overflow: products of f only shrink towards 
 
 Precision. The reference and numba backends compute in float64. This one computes in float32
 when the caller's dtype is float32 or narrower and float32 is provably close enough, else in
-float64 (`scan_dtype`); it returns the caller's dtype either way. float32 halves the bytes every
-pass moves, which is most of the time on a CPU. Its errors, relative to the outputs' scale:
+float64 (`scan_dtype`); it returns the caller's dtype either way. Its errors in float32, relative
+to the outputs' scale:
 - each factor f rounds to float32 (by up to 6e-8), and a weight k factors deep drifts by k times
   that. Where every factor is 0, 1 or at most F32_MAX_FACTOR (0.98), the weights shrink at
   least as f^k, so the drift averages at most 6e-8 * f / (1 - f) <= 3e-6;
@@ -27,187 +30,24 @@ pass moves, which is most of the time on a CPU. Its errors, relative to the outp
 Both stay below the 1e-5 the backends agree to in float32. A factor in (0.98, 1) (VAPO's
 lambda on long rows, gamma = 0.999, lam = 0.99) has a horizon of hundreds or thousands of
 tokens, over which the drift would pass 1e-5 (0.9995 rounds by 2.3e-8; over 2,000 tokens the
-weights drift by about 5e-5), so those scans run in float64. A float32 scan that overflows (inputs
-near float32's limit) is run again in float64 before any error is reported.
+weights drift by about 5e-5), so those scans run in float64; so do scans of the caller's own
+lambdas (any factor in [0, 1]). A float32 scan that overflows (inputs near float32's limit) is run
+again in float64 before any error is reported.
 
-Speed on a CPU, where every pass streams its operands through memory: rows go in groups of about
-2 MiB per temporary (`run`), which stay in the cache; masks and boundaries enter as 0/1 factors,
-since torch.where and other bool ops are several times slower than a multiply there (an inf or
-NaN under the mask shows up as a non-finite result, and only then is the group scanned again
-with torch.where: `scan`'s `careful`); each group writes its slice of the caller's outputs.
-
-`schedule` (validation, boundaries, per-token lambdas) is shared with the Triton backend.
+On the CPU, rows go in groups of about CPU_GROUP_TOKENS tokens (`run`) and masks and boundaries
+enter as 0/1 factors (`scan`); why is in docs/performance.md.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from ..estimators import PROBLEM_COLUMNS, EstimatorSpec, Rows
+from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
+from .torch_schedule import Schedule, diagnose, first_per_row, part, schedule, span
 
 CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
 F32_MAX_FACTOR = 0.98  # the largest factor f = gamma * lambda (other than 1) scanned in float32
-
-
-@dataclass
-class Schedule:
-    """What the scan needs besides rewards and values; every tensor is [N] on the rows' device."""
-
-    valid: torch.Tensor  # bool, the mask
-    boundaries: torch.Tensor  # bool, False where no rule applies and at masked tokens
-    lam_rows: torch.Tensor | None  # [B] float64, each row's lambda (vapo), or None: spec.lam / 1 for all
-    rows: Rows
-    problems: np.ndarray  # [B, len(PROBLEM_COLUMNS)] int64, the first bad token per row and column
-
-    @functools.cached_property
-    def row_of(self) -> torch.Tensor:
-        """[N] int64: the row of each token."""
-        return row_index(self.rows)
-
-    def row_lambdas(self, spec: EstimatorSpec, dtype) -> torch.Tensor:
-        """[B] each row's lambda: the vapo lambda, else lam (gae, sae) or 1 (mc)."""
-        if self.lam_rows is not None:
-            return self.lam_rows.to(dtype)
-        return torch.full((self.rows.starts.shape[0],), spec.lam if spec.estimator in ("gae", "sae") else 1.0,
-                          dtype=dtype, device=self.rows.rewards.device)
-
-
-def row_index(rows: Rows) -> torch.Tensor:
-    """[N] int64: the row of each token."""
-    device = rows.rewards.device
-    lengths = torch.as_tensor(rows.lengths, device=device)
-    return torch.repeat_interleave(torch.arange(rows.starts.shape[0], device=device), lengths,
-                                   output_size=rows.rewards.shape[0])
-
-
-def first_per_row(bad: torch.Tensor, row_of: torch.Tensor, starts: np.ndarray) -> np.ndarray:
-    """[B] int64: per row, the index within the row of the first True of the flat [N] `bad`, -1 if none."""
-    n_rows = starts.shape[0]
-    n = bad.shape[0]
-    if not bool(bad.any()):
-        return np.full(n_rows, -1, dtype=np.int64)
-    first = torch.full((n_rows,), n, dtype=torch.int64, device=bad.device)
-    positions = torch.arange(n, device=bad.device)
-    first.scatter_reduce_(0, row_of[bad], positions[bad], reduce="amin")
-    first = first.cpu().numpy()
-    return np.where(first < n, first - starts, -1)
-
-
-def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
-    """Validate the mask and the boundary rule's data, and compute boundaries and lambdas."""
-    device = rows.rewards.device
-    n = rows.rewards.shape[0]
-    starts, lengths = rows.starts, rows.lengths
-    n_rows = starts.shape[0]
-    problems = np.full((n_rows, len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
-    sched = Schedule(valid=None, boundaries=None, lam_rows=None, rows=rows, problems=problems)
-    if rows.mask is None:
-        valid = torch.ones(n, dtype=torch.bool, device=device)
-    elif rows.mask.dtype == torch.bool:
-        valid = rows.mask
-    else:
-        valid = rows.mask != 0
-        broken = valid & (rows.mask != 1)
-        if bool(broken.any()):
-            problems[:, PROBLEM_COLUMNS.index("response_mask")] = first_per_row(broken, sched.row_of, starts)
-    sched.valid = valid
-    score = rows.score if spec.boundary in ("logprob", "quantile", "entropy") else None
-    # one reduction in the common case: the sum of all scores is finite unless one is not (or the
-    # sum overflows, a false alarm that only costs the exact search below); then the sum of the
-    # valid ones (torch.where is slow on the CPU, so it comes second)
-    if score is not None and not bool(torch.isfinite(score.sum())) and (
-            rows.mask is None or not bool(torch.isfinite(torch.where(valid, score, 0.0).sum()))):
-        problems[:, PROBLEM_COLUMNS.index("score")] = first_per_row(valid & ~torch.isfinite(score),
-                                                                    sched.row_of, starts)
-
-    if spec.estimator == "vapo":
-        counts = torch.zeros(n_rows, dtype=torch.float64, device=device).index_add_(0, sched.row_of, valid.double())
-        sched.lam_rows = (1.0 - 1.0 / (spec.alpha * counts)).clamp(0.0, 1.0)  # counts 0: -inf, clamped to 0
-    row_of = sched.row_of if spec.boundary in ("quantile", "fixed", "delimiter") else None
-
-    rule = spec.boundary
-    boundaries = torch.zeros(n, dtype=torch.bool, device=device)
-    if rule == "logprob":
-        boundaries = valid & (score < exact_cut(math.log(spec.threshold), score.dtype, "below"))
-    elif rule == "entropy":
-        boundaries = valid & (score > exact_cut(spec.entropy_threshold, score.dtype, "above"))
-    elif rule == "given":
-        boundaries = valid & rows.given
-    elif rule == "quantile":
-        cuts = _row_quantiles(score, valid, row_of, starts, lengths, spec.quantile)
-        boundaries = valid & (score.double() < cuts[row_of])
-    elif rule == "fixed":
-        index = _valid_index_in_row(valid, row_of, starts)
-        boundaries = valid & (index % spec.segment_length == 0)
-    elif rule == "delimiter":
-        delimiters = torch.as_tensor(spec.delimiter_ids, device=device)
-        is_delimiter = valid & torch.isin(rows.response_ids, delimiters)
-        before = _previous_valid(valid, row_of, starts)
-        boundaries = valid & (before >= 0) & is_delimiter[before.clamp(min=0)]
-    sched.boundaries = boundaries
-    return sched
-
-
-def exact_cut(cut: float, dtype, side: str) -> float:
-    """A threshold in `dtype` that compares like the float64 `cut` for every `dtype` value x:
-    x < result iff x < cut (side "below"), x > result iff x > cut (side "above")."""
-    if dtype == torch.float64:
-        return cut
-    cut = float(cut)
-    rounded = np.float32(cut)  # half precision scores arrive as float32
-    # compare as float64: numpy would round a Python float to float32 against a float32 scalar
-    if side == "below" and float(rounded) < cut:  # the smallest float32 >= cut
-        rounded = np.nextafter(rounded, np.float32(np.inf))
-    if side == "above" and float(rounded) > cut:  # the largest float32 <= cut
-        rounded = np.nextafter(rounded, np.float32(-np.inf))
-    return float(rounded)
-
-
-def _valid_index_in_row(valid, row_of, starts) -> torch.Tensor:
-    """[N] int64: how many valid tokens of the same row come before each token."""
-    count = torch.cumsum(valid.long(), 0)
-    before_row = torch.cat([count.new_zeros(1), count])[torch.as_tensor(starts, device=valid.device)]
-    return count - valid.long() - before_row[row_of]
-
-
-def _previous_valid(valid, row_of, starts) -> torch.Tensor:
-    """[N] int64: the flat index of the previous valid token of the same row, -1 if none."""
-    n = valid.shape[0]
-    positions = torch.where(valid, torch.arange(n, device=valid.device), -1)
-    latest = torch.cummax(positions, 0).values  # the last valid index at or before t
-    before = torch.cat([latest.new_full((1,), -1), latest[:-1]])
-    row_start = torch.as_tensor(starts, device=valid.device)[row_of]
-    return torch.where(before >= row_start, before, -1)
-
-
-def _row_quantiles(score, valid, row_of, starts, lengths, q) -> torch.Tensor:
-    """[B] float64: the q-quantile of each row's valid scores (NaN for a row without any), by
-    numpy's linear method, from one sort of the flat column (memory O(N) whatever the lengths)."""
-    n_rows = starts.shape[0]
-    device = score.device
-    if score.shape[0] == 0:
-        return torch.full((n_rows,), float("nan"), dtype=torch.float64, device=device)
-    keys = torch.where(valid, score.double(), float("inf"))  # masked tokens sort after the row's valid ones
-    order = torch.sort(keys, stable=True).indices
-    order = order[torch.sort(row_of[order], stable=True).indices]  # by row, then by score
-    ordered = keys[order]
-    counts = torch.zeros(n_rows, dtype=torch.int64, device=device).index_add_(0, row_of, valid.long())
-    first = torch.as_tensor(starts, device=device)
-    position = (counts - 1).clamp(min=0).double() * q
-    below = position.floor().long().clamp(max=(counts - 1).clamp(min=0))
-    above = (below + 1).clamp(max=(counts - 1).clamp(min=0))
-    weight = position - below.double()
-    a = ordered[(first + below).clamp(max=score.shape[0] - 1)]
-    b = ordered[(first + above).clamp(max=score.shape[0] - 1)]
-    diff = b - a
-    # numpy's _lerp, including its switch of formula at weight 0.5, so ties match numpy exactly
-    cuts = torch.where(weight >= 0.5, b - diff * (1.0 - weight), a + diff * weight)
-    return torch.where(counts > 0, cuts, float("nan"))
 
 
 def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
@@ -244,26 +84,6 @@ def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK) ->
     return E.reshape(-1)[:n]
 
 
-def diagnose(spec: EstimatorSpec, rows: Rows, valid: torch.Tensor, row_of: torch.Tensor, suspects: np.ndarray,
-             problems: np.ndarray) -> None:
-    """Rows whose final state is not finite: the first non-finite reward or value, else overflow.
-
-    Where the scan cuts the link between rows, 0 * inf is NaN: an overflowing row turns the rows
-    before it NaN too. So a suspect without bad inputs is scanned again alone, and counts as an
-    overflow only if it still is not finite.
-    """
-    for column, x in (("rewards", rows.rewards), ("values", rows.values)):
-        problems[:, PROBLEM_COLUMNS.index(column)] = first_per_row(valid & ~torch.isfinite(x), row_of, rows.starts)
-    for i in suspects:
-        if (problems[i] >= 0).any():
-            continue
-        alone = _part(rows, int(i), int(i) + 1)
-        with torch.no_grad():
-            adv, ret, final = scan(spec, alone, schedule(spec, alone))  # float64
-        if not (bool(torch.isfinite(adv).all()) and bool(torch.isfinite(ret).all()) and bool(torch.isfinite(final).all())):
-            problems[i, PROBLEM_COLUMNS.index("overflow")] = 0
-
-
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     """Scan every row of `rows` (torch tensors); same contract as `reference.run`, tensors out.
 
@@ -284,16 +104,16 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     problems = np.full((rows.starts.shape[0], len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
     parts = []
     for first, last in groups:
-        part = _part(rows, first, last)
-        sched = schedule(spec, part)
+        piece = part(rows, first, last)
+        sched = schedule(spec, piece)
         problems[first:last] = sched.problems
-        parts.append((first, last, part, sched))
+        parts.append((first, last, piece, sched))
     if (problems >= 0).any():
         return None, None, None, problems
     dtype = scan_dtype(spec, [sched for *_, sched in parts], out_dtype)
     if len(parts) == 1:
-        _, _, part, sched = parts[0]
-        adv, ret, _ = _scan_checked(spec, part, sched, dtype, out_dtype)
+        _, _, piece, sched = parts[0]
+        adv, ret, _ = _scan_checked(spec, piece, sched, dtype, out_dtype)
         if (sched.problems >= 0).any():
             return None, None, None, sched.problems
         return adv, ret, sched.boundaries, sched.problems
@@ -301,9 +121,9 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     adv = torch.empty(n, dtype=out_dtype, device=device)
     ret = torch.empty(n, dtype=out_dtype, device=device)
     boundaries = torch.empty(n, dtype=torch.bool, device=device)
-    for first, last, part, sched in parts:
-        lo, hi = _span(rows, first, last)
-        _scan_checked(spec, part, sched, dtype, out_dtype, out=(adv[lo:hi], ret[lo:hi]))
+    for first, last, piece, sched in parts:
+        lo, hi = span(rows, first, last)
+        _scan_checked(spec, piece, sched, dtype, out_dtype, out=(adv[lo:hi], ret[lo:hi]))
         problems[first:last] = sched.problems
         boundaries[lo:hi] = sched.boundaries
     if (problems >= 0).any():
@@ -324,8 +144,16 @@ def _scan_checked(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype, out_d
             adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out, careful=True)
     suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
     if suspects.size:
-        diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
+        diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems, _alone_is_finite)
     return adv, ret, final
+
+
+def _alone_is_finite(spec: EstimatorSpec, row: Rows) -> bool:
+    """Whether one row, scanned alone in float64, has finite outputs and final state (for
+    `torch_schedule.diagnose`: here an overflowing row turns the rows before it NaN too)."""
+    with torch.no_grad():
+        adv, ret, final = scan(spec, row, schedule(spec, row))  # float64
+    return bool(torch.isfinite(adv).all()) and bool(torch.isfinite(ret).all()) and bool(torch.isfinite(final).all())
 
 
 CPU_GROUP_TOKENS = 1 << 18  # 2 MiB per float64 temporary (2x the tokens in float32): a dozen fit in L3
@@ -345,33 +173,12 @@ def _row_groups(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:
     return groups
 
 
-def _part(rows: Rows, first: int, last: int) -> Rows:
-    """Rows [first, last) of `rows`, their flat columns as views."""
-    if first == 0 and last == rows.starts.shape[0]:
-        return rows
-    lo, hi = _span(rows, first, last)
-
-    def cut(x):
-        return None if x is None else x[lo:hi]
-
-    return Rows(rewards=cut(rows.rewards), values=cut(rows.values), mask=cut(rows.mask),
-                starts=rows.starts[first:last] - lo, lengths=rows.lengths[first:last], logprobs=cut(rows.logprobs),
-                response_ids=cut(rows.response_ids), entropy=cut(rows.entropy), given=cut(rows.given))
-
-
-def _span(rows: Rows, first: int, last: int) -> tuple[int, int]:
-    """The flat token range [lo, hi) of rows [first, last)."""
-    if last <= first:
-        return 0, 0
-    return int(rows.starts[first]), int(rows.starts[last - 1] + rows.lengths[last - 1])
-
-
 def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.dtype:
     """float32 if the outputs are float32 (or narrower) and every factor f = gamma * lambda_t of the
     scan is 0, 1 or at most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds`
     supplies vapo's per-row lambdas (none: vapo's factor counts as 0). Masked tokens in skip mode
-    have f = 1."""
-    if out_dtype == torch.float64:
+    have f = 1. The caller's own lambdas (GIVEN_LAMBDAS) are not inspected: always float64."""
+    if out_dtype == torch.float64 or spec.estimator == GIVEN_LAMBDAS:
         return torch.float64
     g = spec.gamma
     if spec.estimator == "vapo":
@@ -393,7 +200,7 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     or when the row's outputs overflowed.
 
     Every pass is an elementwise op over the flat column. Masks and boundaries enter as 0/1
-    factors rather than through torch.where (which is several times slower on the CPU):
+    factors rather than through torch.where (slower on the CPU: docs/performance.md):
     multiplying by 0 or 1 is exact for finite numbers. With careful=False that is all, and an inf
     or NaN under the mask, like one anywhere, makes every row's final state NaN: the caller then
     scans again with careful=True, which masks the inputs with torch.where and marks only the rows
@@ -450,6 +257,11 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
 
     if sched.lam_rows is not None:  # vapo: each row's own lambda
         f = (g * sched.row_lambdas(spec, dtype))[sched.row_of]
+        d = torch.rsub(f, g)
+        if skip:
+            f.sub_(1.0).mul_(keep).add_(1.0)
+    elif sched.factors is not None:  # the caller's lambdas, as c_t (torch_schedule)
+        f = sched.factors.to(dtype).mul(g)  # not in place: factors may be float64 already
         d = torch.rsub(f, g)
         if skip:
             f.sub_(1.0).mul_(keep).add_(1.0)

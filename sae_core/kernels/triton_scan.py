@@ -1,16 +1,24 @@
 """The Triton backend: one program per row scans its tokens in chunks, for CUDA tensors.
 
-The schedule (mask checks, boundaries, per-row lambdas) comes from `torch_scan.schedule`, computed
-once; the kernel only builds the affine pairs and scans. With the notation of `torch_scan`, a
-program walks its row from the end in chunks of `BLOCK` tokens. For the tokens t of a chunk it
-loads the pair of token t + 1, (f_{t+1}, e_{t+1}), and `tl.associative_scan(..., reverse=True)`
-composes them into Y_t = S_{t+1}, the state arriving at t; the chunk's total carries into the next
-chunk to the left. Then A_t = u_t + Y_t and R_t = r_t + Y'_t are written directly. Inputs are
-loaded in their dtype and computed in float64 registers, which a bandwidth-bound kernel gets for
-free: no float32 error analysis (see `torch_scan`) is needed here; only the stores round to the
-output dtype. A row's last
-token has Y = 0, and each row's final state S_0 = e_0 + f_0 * Y_0 goes to `final`, non-finite
-exactly when an input on a valid token was.
+The math and its time index are in `sae_core.schedules`; the affine form and its index
+convention are those of `torch_scan`: per token t, with c_t the lambda that token t imposes on its
+predecessor (c_next(t) = lambda_t), f_t = gamma * c_t, e_t = gamma * V_t + f_t * u_t, u_t = r_t - V_t,
+S_t = e_t + f_t * S_{t+1}, A_t = u_t + S_{t+1}, R_t = r_t + S'_{t+1}.
+
+The schedule (mask checks, boundaries, per-row lambdas) comes from `torch_schedule.schedule`,
+computed once; the kernel only builds the affine pairs and scans. A program walks its row from the
+end in chunks of `BLOCK` tokens. For the tokens t of a chunk it loads the pair of token t + 1,
+(f_{t+1}, e_{t+1}), and `tl.associative_scan(..., reverse=True)` composes them into Y_t = S_{t+1},
+the state arriving at t; the chunk's total carries into the next chunk to the left. Then
+A_t = u_t + Y_t and R_t = r_t + Y'_t are written directly. Inputs are loaded in their dtype and
+computed in float64 registers: no float32 error analysis (see `torch_scan`) is needed here; only
+the stores round to the output dtype. A row's last token has Y = 0, and each row's final state
+S_0 = e_0 + f_0 * Y_0 goes to `final`, non-finite exactly when an input on a valid token was (or
+the row's float64 scan overflowed). Rows are independent programs, so a row's final state is its
+own (`torch_schedule.diagnose` needs no re-scan).
+
+The caller's own lambdas (estimator GIVEN_LAMBDAS) are not supported here; `sae_core.kernels`
+sends them to the torch backend.
 
 In CI there is no GPU: `TRITON_INTERPRET=1` (set before triton is imported) runs the same kernel
 on CPU tensors, which is how the tests check it.
@@ -23,8 +31,8 @@ import os
 import numpy as np
 import torch
 
-from ..estimators import EstimatorSpec, Rows
-from . import torch_scan
+from ..types import GIVEN_LAMBDAS, EstimatorSpec, Rows
+from .torch_schedule import diagnose, schedule
 
 BLOCK = 1024  # tokens per chunk of a row on a GPU
 INTERPRETED_BLOCK = 16  # under the interpreter: small, so that short test rows still span chunks
@@ -47,6 +55,10 @@ def available(device) -> bool:
         return False
     on_cuda = device is not None and device.type == "cuda"
     return on_cuda if not interpreted() else not on_cuda
+
+
+UNSUPPORTED_LAMBDAS = ("backend='triton' does not support the caller's own lambdas "
+                       "(compute_advantages_from_lambdas); use backend='torch' or 'auto'")
 
 
 def unavailable_reason(device) -> str:
@@ -150,8 +162,11 @@ if triton is not None:
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
-    """Scan every row of `rows` (torch tensors on a GPU, or on the CPU when interpreted)."""
-    sched = torch_scan.schedule(spec, rows)
+    """Scan every row of `rows` (torch tensors on a GPU, or on the CPU when interpreted); same
+    contract as `reference.run`, tensors out."""
+    if spec.estimator == GIVEN_LAMBDAS:
+        raise ValueError(UNSUPPORTED_LAMBDAS)
+    sched = schedule(spec, rows)
     if (sched.problems >= 0).any():
         return None, None, None, sched.problems
     dtype = torch.float64 if compute_dtype == np.float64 else torch.float32
@@ -179,5 +194,5 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         )
     suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
     if suspects.size:
-        torch_scan.diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
+        diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems)
     return adv, ret, sched.boundaries, sched.problems

@@ -1,0 +1,263 @@
+"""The public estimator API: arguments in, a validated spec, a scan, results in the caller's arrays.
+
+This module only turns arguments into a spec (`registry.make_spec`) and a flat row layout
+(`checks`), hands them to a backend (`kernels.select`), and turns the results back into the
+caller's array type, dtype and device. The math is in `sae_core.schedules`; the estimators, rules,
+options and defaults are in `sae_core.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import checks, kernels, registry
+from .arrays import astype, flat, is_tensor, result_form, to_caller
+from .types import GIVEN_LAMBDAS, Advantages, EstimatorSpec
+
+
+def compute_advantages(
+    rewards: Any,
+    values: Any,
+    response_mask: Any,
+    *,
+    estimator: str,
+    gamma: float = 1.0,
+    mask_mode: str = "skip",
+    critic_lam: float | None = None,
+    backend: str = "auto",
+    logprobs: Any = None,
+    response_ids: Any = None,
+    entropy: Any = None,
+    given_boundaries: Any = None,
+    **options: Any,
+) -> Advantages:
+    """Advantages and critic targets for padded `[B, T]` responses.
+
+    Per response, tokens t = 0..T-1: delta_t = r_t + gamma * V_next(t) - V_t,
+    A_t = delta_t + gamma * lambda_t * A_next(t), R_t = A_t + V_t, with each estimator's
+    lambda_t (`sae_core.schedules`).
+
+    Args:
+        rewards: [B, T] float, r_t, the token-level reward of token t (in RLVR: the outcome reward
+            on the last valid token, perhaps plus per-token KL terms). numpy array or torch tensor.
+        values: [B, T] float, V_t, the critic's value of the prefix *before* token t.
+        response_mask: [B, T] bool/int/float holding 0 and 1; 1 = a token the policy generated.
+            Right padding and interior gaps (multi-turn tool output) are both allowed. None means
+            every token is valid.
+        estimator: "gae", "mc", "sae" or "vapo" (required: the name goes into every log and file).
+        gamma: discount in [0, 1].
+        mask_mode: "skip" (veRL: masked tokens transparent) or "zero" (OpenRLHF: masked tokens take
+            part with r = V = 0).
+        critic_lam: lambda in [0, 1] of decoupled critic targets (VAPO / VC-PPO, usually 1.0):
+            R_t = A'_t + V_t with A' the GAE advantage at critic_lam over the same mask. When None,
+            R_t = A_t + V_t with the estimator's own A_t.
+        backend: "numba" (CPU), "torch" (the tensors' device), "triton" (CUDA tensors), "reference"
+            (a plain float64 loop, the executable spec), or "auto": numba for numpy arrays and CPU
+            tensors, triton for CUDA tensors when triton imports, else torch.
+        logprobs: [B, T] float, l_t, the natural-log probability of sampled token t under the
+            behaviour policy: the data of sae's "logprob" (default) and "quantile" rules.
+        response_ids: [B, T] int, the sampled token ids: the data of the "delimiter" rule.
+        entropy: [B, T] float, the policy's entropy at token t: the data of the "entropy" rule.
+        given_boundaries: [B, T] bool, True where token t starts a segment: the data of the
+            "given" rule (boundary="given").
+        **options: the estimator's own scalar options, and only those (`registry.ESTIMATORS`):
+            gae: lam (0.95). mc: none. vapo: alpha (0.05). sae: lam (0.95, at boundaries) and one
+            boundary rule, chosen by `boundary=` or by setting its option: threshold (logprob,
+            0.2: l_t < log(threshold)), segment_length (fixed), delimiter_ids (delimiter),
+            quantile (quantile), entropy_threshold (entropy), or boundary="given".
+
+    Returns:
+        Advantages(advantages, returns, boundaries): [B, T] each, in the array type, device and
+        dtype of `rewards` (promoted with `values`; float32 and float64 stay as they are,
+        float16/bfloat16 results are rounded through float32; integer inputs give float64 for
+        numpy and torch's default dtype for tensors). Only valid tokens carry meaning: in "skip"
+        mode advantages, returns and boundaries are 0/False at masked positions; in "zero" mode
+        masked positions carry the values of the zero-reward, zero-value steps they are. No
+        autograd graph is built.
+
+    Raises:
+        ValueError naming the argument (and the first bad row and token) for mismatched shapes,
+        non-finite rewards/values/logprobs/entropy on valid tokens, a mask other than 0/1,
+        parameters out of range, or data the chosen rule needs but was not given.
+        TypeError for an option the estimator does not take.
+    """
+    spec, data = _spec_and_data(estimator, gamma, mask_mode, critic_lam, options,
+                                {"logprobs": logprobs, "response_ids": response_ids, "entropy": entropy,
+                                 "given_boundaries": given_boundaries})
+    return _compute(spec, data, _padded_layout, rewards, values, response_mask, backend)
+
+
+def compute_advantages_ragged(
+    rewards: Any,
+    values: Any,
+    offsets: Any,
+    *,
+    estimator: str,
+    response_mask: Any = None,
+    gamma: float = 1.0,
+    mask_mode: str = "skip",
+    critic_lam: float | None = None,
+    backend: str = "auto",
+    logprobs: Any = None,
+    response_ids: Any = None,
+    entropy: Any = None,
+    given_boundaries: Any = None,
+    **options: Any,
+) -> Advantages:
+    """The ragged twin of `compute_advantages`: flat columns plus row offsets.
+
+    This is the layout of Arrow list columns and of packed sequences (cu_seqlens).
+
+    Args:
+        rewards: [N] float, r_t of all rows concatenated.
+        values: [N] float, V_t (value of the prefix before token t).
+        offsets: [B + 1] int64, non-decreasing, offsets[0] == 0 and offsets[-1] == N: row i is
+            `rewards[offsets[i]:offsets[i + 1]]` with its own time index t = 0..len-1.
+        response_mask: [N] 0/1, or None (every token valid, the usual case for Arrow rollouts).
+        logprobs, response_ids, entropy, given_boundaries: [N] each, flat like `rewards`.
+        Every other argument as in `compute_advantages`.
+
+    Returns:
+        Advantages with flat [N] arrays, in the caller's array type, dtype and device.
+    """
+    spec, data = _spec_and_data(estimator, gamma, mask_mode, critic_lam, options,
+                                {"logprobs": logprobs, "response_ids": response_ids, "entropy": entropy,
+                                 "given_boundaries": given_boundaries})
+    return _compute(spec, data, _ragged_layout(offsets), rewards, values, response_mask, backend)
+
+
+def compute_advantages_from_lambdas(
+    rewards: Any,
+    values: Any,
+    response_mask: Any,
+    lambdas: Any,
+    *,
+    gamma: float = 1.0,
+    mask_mode: str = "skip",
+    critic_lam: float | None = None,
+    backend: str = "auto",
+) -> Advantages:
+    """Advantages with a lambda schedule of the caller's own (as rlax's `lambda_returns` takes one).
+
+    The same recursion and scan as every estimator, with lambda_t given per token: for trying a
+    new schedule without touching any kernel. `lambdas` = lam everywhere is `gae`, and the sae
+    schedule of `sae_core.schedules.row_lambdas` is `sae`, in skip mode and, in zero mode, on rows
+    without interior gaps: zero mode's masked steps take lambda 1, since nothing at a masked
+    position is read.
+
+    Args:
+        rewards, values, response_mask: [B, T], as in `compute_advantages`.
+        lambdas: [B, T] float in [0, 1] on valid tokens, lambda_t: the weight of A_next(t) in
+            A_t = delta_t + gamma * lambda_t * A_next(t). Read only at valid tokens; the value at
+            a row's last valid token multiplies nothing.
+        gamma, mask_mode, critic_lam, backend: as in `compute_advantages` ("triton" is not
+            available for given lambdas; "auto" takes torch for CUDA tensors).
+
+    Returns:
+        Advantages(advantages, returns, boundaries), boundaries all False.
+    """
+    base = registry.make_spec("gae", gamma=gamma, mask_mode=mask_mode, critic_lam=critic_lam)
+    spec = EstimatorSpec(estimator=GIVEN_LAMBDAS, gamma=base.gamma, lam=1.0, critic_lam=base.critic_lam,
+                         mask_mode=base.mask_mode)
+    if lambdas is None:
+        raise ValueError("lambdas is required: [B, T] float, lambda_t of each token")
+    return _compute(spec, {"lambdas": lambdas}, _padded_layout, rewards, values, response_mask, backend,
+                    check=_check_lambdas)
+
+
+def estimator_params(estimator: str, **kwargs: Any) -> dict[str, Any]:
+    """The validated parameters of an estimator as files and logs record them, e.g.
+    `{"estimator": "sae", "gamma": 1.0, "mask_mode": "skip", "critic_lam": None, "lam": 0.95,
+    "boundary": "logprob", "threshold": 0.2}`.
+
+    Takes the scalar keyword arguments of `compute_advantages` (gamma, mask_mode, critic_lam and
+    the estimator's options; no per-token data) and raises as it does: for checking a command
+    line or a trainer's config before any data exists.
+    """
+    return registry.estimator_params(estimator, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _spec_and_data(estimator, gamma, mask_mode, critic_lam, options, given) -> tuple[EstimatorSpec, dict]:
+    """The validated spec, and the per-token data its rule reads (checked for presence)."""
+    if registry.ESTIMATORS.get(estimator, registry.Estimator("", "")).segmental and options.get("boundary") is None:
+        for rule in registry.RULES.values():  # data that only an option-less rule reads selects it (given)
+            if rule.option is None and given.get(rule.data) is not None:
+                options = {**options, "boundary": rule.name}
+    spec = registry.make_spec(estimator, gamma=gamma, mask_mode=mask_mode, critic_lam=critic_lam, **options)
+    needs = registry.needed_data(spec)
+    for name, value in given.items():
+        if value is None or name in needs or name == "logprobs":  # log-probs may come along unused
+            continue
+        rules = [r for r in registry.RULES.values() if r.data == name]
+        reader = rules[0]
+        how = f"{reader.option}=..." if reader.option else f"boundary={reader.name!r}"
+        raise ValueError(f"{name} is read only by boundary={reader.name!r}, which needs {how}; the rule here is "
+                         f"{'boundary=' + repr(spec.boundary) if spec.boundary else 'none (' + estimator + ')'}")
+    data = {}
+    for name in needs:
+        if given.get(name) is None:
+            d = registry.DATA[name]
+            raise ValueError(f"estimator {estimator!r} with boundary={spec.boundary!r} needs "
+                             f"{name}=[B, T] {d.kind}, {d.help}")
+        data[name] = given[name]
+    return spec, data
+
+
+def _padded_layout(r) -> tuple[np.ndarray, np.ndarray]:
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be 2-D [B, T] (padded); got shape {tuple(r.shape)}. "
+                         "Flat columns with offsets go to compute_advantages_ragged.")
+    B, T = r.shape
+    return np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64)
+
+
+def _ragged_layout(offsets) -> Callable:
+    def layout(r):
+        if r.ndim != 1:
+            raise ValueError(f"rewards must be 1-D [N] for the ragged layout; got shape {tuple(r.shape)}")
+        offs = checks.check_offsets(offsets, r.shape[0])
+        return offs[:-1].copy(), np.diff(offs)
+
+    return layout
+
+
+def _compute(spec: EstimatorSpec, data: dict, layout: Callable, rewards, values, response_mask, backend: str,
+             check: Callable | None = None) -> Advantages:
+    """Check the arrays, lay them out flat, scan, and return the results in the caller's form."""
+    form = result_form(rewards, values)
+    kernel, tensors = kernels.select(backend, form, spec)
+    r = checks.token_array("rewards", rewards, form, None, tensors)
+    starts, lengths = layout(r)
+    shape = tuple(r.shape)
+    columns = {"rewards": flat(r),
+               **checks.columns({"values": values, "response_mask": response_mask, **data}, form, shape, tensors)}
+    rows = checks.rows(columns, starts, lengths)
+    if check is not None:
+        check(rows)
+    adv, ret, bnd, problems = kernel(spec, rows, form.compute_dtype)
+    checks.raise_for_problems(problems, spec, rows)
+    out = Advantages(to_caller(adv.reshape(shape), form), to_caller(ret.reshape(shape), form),
+                     to_caller(bnd.reshape(shape), form, is_float=False))
+    checks.check_half_precision(out, form)
+    return out
+
+
+def _check_lambdas(rows) -> None:
+    """lambda_t must be a number in [0, 1] at every valid token."""
+    lam = rows.lambdas
+    valid = None if rows.mask is None else (rows.mask != 0)
+    bad = ~((lam >= 0) & (lam <= 1))  # NaN fails both
+    if valid is not None:
+        bad = bad & valid
+    bad = astype(bad, np.bool_)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0][0]) if is_tensor(bad) else int(np.flatnonzero(bad)[0])
+        row = int(np.searchsorted(rows.starts, i, side="right") - 1)  # empty rows sharing its start come first
+        raise ValueError(f"lambdas must be in [0, 1] on valid tokens; row {row}, token {i - rows.starts[row]} "
+                         f"holds {lam[i].item()}")
