@@ -43,7 +43,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "sae_fixed8": ("tokens", dict(estimator="sae", segment_length=8, lam=0.9)),
     "sae_delimiter": ("tokens", dict(estimator="sae", delimiter_ids=[NEWLINE], lam=0.95)),
     "sae_entropy1.5": ("tokens", dict(estimator="sae", entropy_threshold=1.5, lam=0.95)),
-    "vapo_skip": ("tokens", dict(estimator="vapo", alpha=0.05, lam=0.95)),
+    "vapo_skip": ("tokens", dict(estimator="vapo", alpha=0.05)),
     "vapo_zero": ("tokens", dict(estimator="vapo", alpha=0.5, mask_mode="zero")),
 }
 

@@ -1,0 +1,49 @@
+"""The trajectory standard (schemas/SPEC.md): Arrow tables of LLM rollouts, one row per response.
+
+A table holds per-row columns (`trajectory_id`, `group_id`, `step`, `reward`, ...) and per-token
+columns, Arrow lists whose i-th entry has row i's response length (`response_ids`, `logprobs`,
+`values`, `rewards`, `response_mask`, `entropy`, and the outputs `advantages`, `returns`,
+`boundaries`). The standard's version and the parameters of the estimators that produced the
+outputs live in the schema metadata under the one key `sae_rl`.
+
+Time index: per-token entry t of row i is token t of response i (t = 0..L_i - 1), the same t as in
+`sae_core.api`: values[t] is the critic's value of the prefix before token t.
+
+The modules, lowest first (each imports only those before it):
+    errors      Problem, TrajectoryError, TrajectoryWarning
+    lists       Arrow list-array helpers (offsets, lengths, the child of a slice)
+    metadata    SPEC_VERSION, METADATA_KEY, Info, read_info, with_estimators
+    columns     Column, COLUMNS, column_for, schema, spec_document, needed_columns
+    validation  schema_problems, batch_problems, validate
+    layouts     Ragged, to_ragged / from_ragged, to_padded / from_padded, place_reward
+    io          file_format, read_table, iter_batches, read_schema, count_rows, validate_file,
+                write_table, TrajectoryWriter (atomic, via sae_core.atomic)
+    compute     compute, boundary_rule, estimator_kwargs
+"""
+
+from .columns import COLUMN, COLUMNS, OUTPUT_NAMES, Column, column_for, needed_columns, schema, spec_document
+from .estimate import boundary_rule, compute, estimator_kwargs
+from .errors import Problem, TrajectoryError, TrajectoryWarning
+from .io import (
+    Summary,
+    TrajectoryWriter,
+    count_rows,
+    file_format,
+    iter_batches,
+    read_schema,
+    read_table,
+    validate_file,
+    write_table,
+)
+from .layouts import Ragged, from_padded, from_ragged, place_reward, to_padded, to_ragged
+from .metadata import METADATA_KEY, READABLE_MAJOR, SPEC_VERSION, Info, read_info, with_estimators
+from .validation import batch_problems, schema_problems, validate
+
+__all__ = [
+    "COLUMN", "COLUMNS", "Column", "Info", "METADATA_KEY", "OUTPUT_NAMES", "Problem", "READABLE_MAJOR",
+    "Ragged", "SPEC_VERSION", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter", "batch_problems",
+    "boundary_rule", "column_for", "compute", "count_rows", "estimator_kwargs", "file_format", "from_padded",
+    "from_ragged", "iter_batches", "needed_columns", "place_reward", "read_info", "read_schema", "read_table",
+    "schema", "schema_problems", "spec_document", "to_padded", "to_ragged", "validate", "validate_file",
+    "with_estimators", "write_table",
+]
