@@ -9,7 +9,7 @@ reward) and times, in interleaved rounds over every shard, medians reported:
   table with pyarrow's defaults: the I/O any tool must at least do;
 - floor + outputs: the same read, then a write of the output table (the inputs plus advantages,
   returns and boundaries, computed beforehand): the bytes our job writes, with pyarrow's defaults;
-- recompute: `sae_core.recompute.recompute_file` with the sae estimator on the numba backend:
+- recompute: `sae_core.tools.recompute.recompute_file` with the sae estimator on the numba backend:
   streaming read, validation, the estimator, and the atomic write of inputs plus outputs.
 Target: recompute within 1.5x of the floor.
 """
@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sae_core import recompute as rc
 from sae_core import trajectory as tj
+from sae_core.tools import recompute as rc
 
 
 def make_dataset(root: Path, tokens: float, shards: int, seed: int = 0) -> list[Path]:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sae_core import trajectory as tj
-from sae_core.cli import main
+from sae_core.tools.cli import build_parser, main
 
 
 def table(n=3, nan_row=None):
@@ -113,7 +113,7 @@ def patched(tmp_path, name, old, new):
 
 
 @pytest.mark.parametrize("command", [[str(Path(sys.executable).parent / "sae")],
-                                     [sys.executable, "-m", "sae_core.cli"]])
+                                     [sys.executable, "-m", "sae_core.tools.cli"]])
 def test_as_a_program_no_traceback_and_no_crash(tmp_path, command):
     """In a subprocess: before the checks, a corrupted IPC offset crashed Arrow (segfault)."""
     a = good(tmp_path / "a.parquet")
@@ -180,9 +180,32 @@ def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
     """`sae inspect FILE | head`: the reader is gone before the table is printed (here its end of
     the pipe is closed at once, so the write surely fails): no BrokenPipeError traceback."""
     path = recomputed(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "inspect", path], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "sae_core.tools.cli", "inspect", path], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# flags from the registry
+
+
+def test_recompute_flags_come_from_the_registry(monkeypatch):
+    """A boundary rule added to the registry, with its option, is a flag and an override of
+    `sae recompute` without an edit to the command line's code."""
+    from sae_core import registry
+
+    stride = registry.Option("stride", "int", "rule every: every k-th token", low=1, high=registry.INT64_MAX)
+    monkeypatch.setitem(registry.OPTIONS, "stride", stride)
+    monkeypatch.setitem(registry.RULES, "every", registry.Rule("every", "t % stride == 0", "stride", None))
+    sae = registry.ESTIMATORS["sae"]
+    monkeypatch.setitem(registry.ESTIMATORS, "sae",
+                        registry.Estimator(sae.name, sae.help, (*sae.options, "stride"), sae.segmental))
+    args = build_parser().parse_args(["recompute", "in", "out", "--stride", "3", "--boundary", "every",
+                                      "--estimator", "sae:stride=3"])
+    assert args.stride == 3 and args.boundary == "every"
+    assert registry.parse_run("sae:stride=3") == ("sae", {"stride": 3})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["recompute", "in", "out", "--stride", "0"])

@@ -1,4 +1,4 @@
-"""`sae inspect` and `sae report`: sae_core.inspect and sae_core.report.
+"""`sae inspect` and `sae report`: sae_core.tools.summary and sae_core.tools.report.
 
 Expected numbers are written by hand or computed with plain Python loops (and numpy's percentile
 and corrcoef) from the file's lists, never by the code under test.
@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sae_core import inspect as insp
 from sae_core import trajectory as tj
-from sae_core.inspect import counts_stats, inspect_file, segment_lengths
-from sae_core.report import token_texts, write_report
+from sae_core.segments import segment_lengths
+from sae_core.tools import summary as insp
+from sae_core.tools.report import token_texts, write_report
+from sae_core.tools.summary import counts_stats, inspect_file
 
 NAN, INF = float("nan"), float("inf")
 

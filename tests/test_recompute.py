@@ -1,4 +1,4 @@
-"""`sae recompute` and sae_core.recompute: streamed, atomic, resumable, the same on every engine.
+"""`sae recompute` and sae_core.tools.recompute: streamed, atomic, resumable, the same on every engine.
 
 Expected outputs come from `trajectory.compute` on the whole table in memory (itself checked
 against compute_advantages_ragged and the conformance vectors), never from the job under test.
@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sae_core import recompute as rc
 from sae_core import trajectory as tj
-from sae_core.cli import main
+from sae_core.tools import recompute as rc
+from sae_core.tools.cli import main
 
 
 def rollouts(n=20, seed=0, max_len=40, prefix="r"):
@@ -86,6 +86,18 @@ def test_plan_runs_rejects(specs, common, match):
         return
     with pytest.raises(ValueError, match=match):
         rc.plan_runs(specs, common)
+
+
+def test_a_run_choosing_a_rule_drops_the_job_wide_rule_options():
+    runs = rc.plan_runs(["sae", "sae:segment_length=8", "gae"], {"threshold": 0.1, "lam": 0.9})
+    assert runs[0].params == {"threshold": 0.1, "lam": 0.9}
+    assert runs[1].params == {"segment_length": 8, "lam": 0.9}  # the fixed rule, not a conflict
+    assert runs[1].recorded()["boundary"] == "fixed"
+    assert runs[2].params == {"lam": 0.9}
+    with pytest.raises(ValueError, match="--estimator 'sae': .*select different boundary rules"):
+        rc.plan_runs(["sae"], {"threshold": 0.1, "segment_length": 8})
+    with pytest.raises(ValueError, match="--estimator 'mc:lam=0.5': estimator 'mc' takes no options"):
+        rc.plan_runs(["mc:lam=0.5"])
 
 
 def test_sae_given_reads_the_boundaries_column(tmp_path):
@@ -261,7 +273,11 @@ def test_ray_engine_matches_the_local_engine(tmp_path):
 
 
 def cli(capsys, *argv):
-    code = main(["recompute", *map(str, argv)])
+    """The exit status, stdout and stderr of `sae recompute ARGV` (argparse's usage errors included)."""
+    try:
+        code = main(["recompute", *map(str, argv)])
+    except SystemExit as exc:
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -298,3 +314,17 @@ def test_cli_a_bad_shard_exits_1_naming_it(tmp_path, capsys):
     assert code == 1
     assert "broken.parquet" in err and "not a readable Parquet file" in err and "Traceback" not in err
     assert (tmp_path / "out" / "a.parquet").exists()
+
+
+def test_cli_rule_flags(tmp_path, capsys):
+    src = tj.write_table(rollouts(8), tmp_path / "in.parquet")
+    code, out, err = cli(capsys, src, tmp_path / "out.parquet", "--estimator", "sae", "--estimator",
+                         "sae:segment_length=4", "--delimiter-ids", "3,5", "--mask-mode", "zero")
+    assert code == 0, err
+    info = tj.read_info(tj.read_table(tmp_path / "out.parquet").schema).estimators
+    assert info["advantages_sae"]["boundary"] == "delimiter"
+    assert info["advantages_sae"]["delimiter_ids"] == [3, 5]
+    assert info["advantages_sae_segment_length4"]["boundary"] == "fixed"
+    assert {p["mask_mode"] for p in info.values()} == {"zero"}
+    code, out, err = cli(capsys, src, tmp_path / "x.parquet", "--segment-length", "0")
+    assert code == 2 and "segment_length" in err and "Traceback" not in err

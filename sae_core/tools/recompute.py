@@ -16,9 +16,7 @@ backend in the workers: its outputs are those of the local engine.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,71 +25,59 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import trajectory as tj
-from .estimators import ESTIMATORS, estimator_params
+from .. import registry
+from .. import trajectory as tj
 
 SHARD_SUFFIXES = (".parquet", ".pq", ".arrow", ".ipc", ".feather", ".arrows")
-
-# Which estimators take which of the job-wide options (the rest apply to every estimator).
-_ONLY_FOR = {"alpha": ("vapo",), "boundary": ("sae",), "segment_length": ("sae",), "delimiter_ids": ("sae",),
-             "quantile": ("sae",), "entropy_threshold": ("sae",), "threshold": ("sae",), "lam": ("gae", "sae")}
 
 
 @dataclass(frozen=True)
 class EstimatorRun:
-    """One output set of a job: an estimator, its keyword arguments for `trajectory.compute`, and
-    the column suffix its outputs get ("" when the job has one run)."""
+    """One output set of a job: an estimator, its keyword arguments for `trajectory.compute`
+    (scalar options only; per-token data comes from the file's columns), and the column suffix its
+    outputs get ("" when the job has one run)."""
 
     estimator: str
     params: Mapping[str, Any]
     suffix: str
 
     def recorded(self) -> dict[str, Any]:
-        """The parameters the output's metadata records (`EstimatorSpec.params()`)."""
-        return estimator_params(self.estimator, **self.params, require_data=False)
+        """The parameters the output's metadata records (`registry.estimator_params`)."""
+        return registry.estimator_params(self.estimator, **self.params)
 
 
 def plan_runs(specs: Sequence[str], common: Mapping[str, Any] | None = None) -> list[EstimatorRun]:
     """Estimator runs from `--estimator` values and the job-wide options.
 
-    specs: each "NAME" or "NAME:key=value,key=value" (values parsed as JSON where they parse, e.g.
-    "sae:threshold=0.1" or "sae:delimiter_ids=[13]"), NAME one of gae, mc, sae, vapo. One spec
-    writes unsuffixed columns; several write `_<label>` columns, the label being NAME, or NAME and
-    its overrides ("sae_threshold0.1") where the same NAME appears twice.
+    specs: each "NAME" or "NAME:key=value,key=value" (`registry.parse_run`: values parsed by their
+    option's type, e.g. "sae:threshold=0.1" or "sae:delimiter_ids=[13]"), NAME one of
+    `registry.ESTIMATORS`. One spec writes unsuffixed columns; several write `_<label>` columns,
+    the label being NAME, or NAME and its overrides ("sae_threshold0.1") where the same NAME
+    appears twice.
     common: job-wide keyword arguments (gamma, lam, threshold, mask_mode, ...); each run takes the
-    ones its estimator uses, and its own overrides win.
-    Raises ValueError for an unknown estimator, a malformed spec, bad parameters (checked here,
-    before any file is read) or two runs with the same label.
+    ones its estimator uses, and its own overrides win (`registry.run_options`: a run whose
+    overrides choose a boundary rule drops the job-wide rule options).
+    Raises ValueError, prefixed "--estimator 'SPEC': ", for an unknown estimator or option, a
+    malformed spec, bad parameters (checked here, before any file is read); ValueError for two runs
+    with the same label.
     """
     if not specs:
         raise ValueError("no estimator given: pass at least one --estimator")
-    common = {k: v for k, v in (common or {}).items() if v is not None}
     parsed = []
     for spec in specs:
-        name, _, rest = spec.partition(":")
-        name = name.strip()
-        if name not in ESTIMATORS:
-            raise ValueError(f"--estimator {spec!r}: the estimator must be one of {', '.join(ESTIMATORS)}")
-        overrides = {}
-        # a comma separates options only where a new key= follows: lists such as [13, 14] stay whole
-        for item in filter(None, (x.strip() for x in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", rest))):
-            key, eq, value = item.partition("=")
-            if not eq or not key:
-                raise ValueError(f"--estimator {spec!r}: expected NAME:key=value,...; got {item!r}")
-            try:
-                overrides[key.strip()] = json.loads(value)
-            except ValueError:
-                overrides[key.strip()] = value
-        parsed.append((spec, name, overrides))
+        try:
+            name, overrides = registry.parse_run(spec)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--estimator {spec!r}: {exc}") from None
+        parsed.append((spec, name, _plain(overrides)))
     names = [name for _, name, _ in parsed]
     runs = []
     for spec, name, overrides in parsed:
-        params = {k: v for k, v in common.items() if name in _ONLY_FOR.get(k, (name,))}
-        params.update(overrides)
         label = name if names.count(name) == 1 or not overrides else name + "_" + "_".join(
             f"{k}{_compact(v)}" for k, v in sorted(overrides.items()))
-        run = EstimatorRun(name, params, "" if len(parsed) == 1 else f"_{label}")
         try:
+            params = _plain(registry.run_options(name, common or {}, overrides))
+            run = EstimatorRun(name, params, "" if len(parsed) == 1 else f"_{label}")
             run.recorded()
         except (ValueError, TypeError) as exc:
             raise ValueError(f"--estimator {spec!r}: {exc}") from None
@@ -103,8 +89,13 @@ def plan_runs(specs: Sequence[str], common: Mapping[str, Any] | None = None) -> 
     return runs
 
 
+def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Token id lists as lists, as the file metadata records them (the registry parses them to tuples)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
 def _compact(v: Any) -> str:
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return "-".join(str(x) for x in v)
     return str(v)
 
@@ -244,7 +235,7 @@ def _output_schema(schema: pa.Schema, runs: Sequence[EstimatorRun], source: str)
     problems = []
     for run in runs:
         problems += [p for p in tj.schema_problems(empty.schema, tj.needed_columns(
-            run.estimator, tj.boundary_rule(run.estimator, run.params))) if p not in problems]
+            run.estimator, registry.boundary_rule(run.estimator, run.params))) if p not in problems]
     if problems:
         raise tj.TrajectoryError(problems, source)
     for run in runs:

@@ -18,21 +18,25 @@ import os
 import sys
 import warnings
 
-from .estimators import BACKENDS, BOUNDARY_RULES, ESTIMATORS, MASK_MODES
+from .. import registry
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `sae` argument parser. The estimator, rule, option, mask-mode and backend flags and
+    choices are read from `sae_core.registry` when this is called: an option added there is a flag
+    of `sae recompute` (`--name-with-dashes`, parsed and checked by `Option.parse`)."""
     parser = argparse.ArgumentParser(prog="sae", description="sae-rl: advantage estimators and the trajectory "
                                                              "standard for LLM rollouts")
     sub = parser.add_subparsers(dest="command", required=True)
+    estimators = tuple(registry.ESTIMATORS)
 
     val = sub.add_parser("validate", help="check files against the trajectory standard",
                          description="Check Parquet / Arrow IPC files against the trajectory standard "
                                      "(schemas/SPEC.md): one line per good file, the problems of a bad one.")
     val.add_argument("files", nargs="+", metavar="FILE")
-    val.add_argument("--estimator", choices=ESTIMATORS,
+    val.add_argument("--estimator", choices=estimators,
                      help="also check that the columns this estimator reads are present")
-    val.add_argument("--boundary", choices=BOUNDARY_RULES, help="sae's boundary rule (default logprob)")
+    _add_option(val, _rule_option())
 
     rec = sub.add_parser(
         "recompute", help="compute advantages on saved rollouts",
@@ -43,22 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("input", metavar="INPUT")
     rec.add_argument("output", metavar="OUTPUT")
     rec.add_argument("--estimator", action="append", metavar="NAME[:k=v,...]",
-                     help=f"{', '.join(ESTIMATORS)}, with optional overrides, e.g. sae:threshold=0.1. Repeat for "
+                     help=f"{', '.join(estimators)}, with optional overrides, e.g. sae:threshold=0.1. Repeat for "
                           "several output sets (advantages_gae, advantages_sae, ...). Default: sae")
-    rec.add_argument("--gamma", type=float, default=None, help="discount (default 1.0)")
-    rec.add_argument("--lam", type=float, default=None, help="GAE lambda; sae's lambda at boundaries (default 0.95)")
-    rec.add_argument("--threshold", type=float, default=None, help="sae's probability threshold (default 0.2)")
-    rec.add_argument("--mask-mode", choices=MASK_MODES, default=None, help="skip (veRL, default) or zero (OpenRLHF)")
-    rec.add_argument("--critic-lam", type=float, default=None, help="lambda of decoupled critic targets")
-    rec.add_argument("--alpha", type=float, default=None, help="vapo's alpha (default 0.05)")
-    rec.add_argument("--boundary", choices=BOUNDARY_RULES, default=None, help="sae's boundary rule")
-    rec.add_argument("--segment-length", type=int, default=None, help="sae boundary rule 'fixed'")
-    rec.add_argument("--delimiter-ids", type=_int_list, default=None, metavar="ID,ID",
-                     help="sae boundary rule 'delimiter': token ids after which a segment starts")
-    rec.add_argument("--quantile", type=float, default=None, help="sae boundary rule 'quantile'")
-    rec.add_argument("--entropy-threshold", type=float, default=None, help="sae boundary rule 'entropy'")
+    for option in job_options():
+        _add_option(rec, option)
     rec.add_argument("--batch-size", type=int, default=1024, help="rows per batch and per row group (default 1024)")
-    rec.add_argument("--backend", choices=BACKENDS, default="auto", help="estimator backend (default auto: numba)")
+    rec.add_argument("--backend", choices=registry.BACKENDS, default="auto",
+                     help="estimator backend (default auto)")
     rec.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process; ray: one Ray Data task per shard")
     rec.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: a local instance)")
@@ -108,11 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar on stderr (default: when stderr is a terminal)")
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         print(f"sae {args.command}: --batch-size must be at least 1", file=sys.stderr)
         return 2
-    from .trajectory import TrajectoryWarning
+    from ..trajectory import TrajectoryWarning
 
     caught: list = []
     try:
@@ -127,15 +127,46 @@ def main(argv: list[str] | None = None) -> int:
         _print_warnings(caught)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer token ids; got {text!r}") from None
+def job_options() -> list[registry.Option]:
+    """The options `sae recompute` takes job-wide: the common arguments, then every option of some
+    estimator (registry order); each run takes those its estimator reads."""
+    taken = {name for e in registry.ESTIMATORS.values() for name in e.options}
+    return [*registry.COMMON.values(), *(o for name, o in registry.OPTIONS.items() if name in taken)]
+
+
+def _rule_option() -> registry.Option:
+    """The option that names sae's boundary rule (`--boundary`)."""
+    return next(o for o in registry.OPTIONS.values() if o.kind == "rule")
+
+
+def _add_option(parser: argparse.ArgumentParser, option: registry.Option) -> None:
+    """`--name-with-dashes` for a registry option: dest `name`, default None (not given), the
+    registry's help and default, choices for a rule or choice option, else `Option.parse`."""
+    flag = "--" + option.name.replace("_", "-")
+    default = "" if option.default is None else f" (default {option.default})"
+    help_text = (option.help + default).replace("%", "%%")  # argparse formats help with %
+    if option.kind in ("rule", "choice"):
+        choices = tuple(registry.RULES) if option.kind == "rule" else option.choices
+        parser.add_argument(flag, dest=option.name, choices=choices, default=None, help=help_text)
+    else:
+        metavar = {"int_list": "ID,ID", "int": "N"}.get(option.kind, "X")
+        parser.add_argument(flag, dest=option.name, type=_parser_of(option), default=None, metavar=metavar,
+                            help=help_text)
+
+
+def _parser_of(option: registry.Option):
+    """`option.parse` as an argparse type: a bad value is a usage error naming the option."""
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _print_warnings(caught) -> None:
-    from .trajectory import TrajectoryWarning
+    from ..trajectory import TrajectoryWarning
 
     for w in caught:
         if issubclass(w.category, TrajectoryWarning):
@@ -145,12 +176,13 @@ def _print_warnings(caught) -> None:
 
 
 def _validate(args) -> int:
-    from .trajectory import TrajectoryError, validate_file
+    from ..trajectory import TrajectoryError, validate_file
 
     status = 0
     for path in args.files:
         try:
-            summary = validate_file(path, estimator=args.estimator, boundary=args.boundary)
+            boundary = getattr(args, _rule_option().name)
+            summary = validate_file(path, estimator=args.estimator, boundary=boundary)
         except TrajectoryError as exc:
             status = 1
             for problem in exc.problems:
@@ -163,10 +195,7 @@ def _validate(args) -> int:
 def _recompute(args) -> int:
     from .recompute import plan_runs, recompute
 
-    common = {"gamma": args.gamma, "lam": args.lam, "threshold": args.threshold, "mask_mode": args.mask_mode,
-              "critic_lam": args.critic_lam, "alpha": args.alpha, "boundary": args.boundary,
-              "segment_length": args.segment_length, "delimiter_ids": args.delimiter_ids,
-              "quantile": args.quantile, "entropy_threshold": args.entropy_threshold}
+    common = {o.name: getattr(args, o.name, None) for o in job_options()}
     try:
         runs = plan_runs(args.estimator or ["sae"], common)
         result = recompute(args.input, args.output, runs, engine=args.engine, batch_size=args.batch_size,
@@ -182,8 +211,8 @@ def _recompute(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .inspect import inspect_file
-    from .trajectory import TrajectoryError
+    from ..trajectory import TrajectoryError
+    from .summary import inspect_file
 
     try:
         kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
@@ -200,8 +229,8 @@ def _inspect(args) -> int:
 
 
 def _report(args) -> int:
+    from ..trajectory import TrajectoryError
     from .report import write_report
-    from .trajectory import TrajectoryError
 
     try:
         kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
@@ -219,7 +248,7 @@ def _report(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import DemoConfig, run
+    from ..lab.demo import DemoConfig, run  # lazily: the lab sits above the tools
 
     if args.tasks < 1 or args.samples < 1:
         print("sae demo: --tasks and --samples must be at least 1", file=sys.stderr)
@@ -232,7 +261,7 @@ def _demo(args) -> int:
 def _lab(args) -> int:
     import dataclasses
 
-    from . import lab
+    from .. import lab  # lazily: the lab sits above the tools
 
     try:
         config = lab.SweepConfig()

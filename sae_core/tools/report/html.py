@@ -1,0 +1,303 @@
+"""The report page: HTML tables, the token view and its colour scale, inline CSS.
+
+Self-contained: inline CSS, plots as base64 PNG data URIs, no script, no external font, link or
+image, so the page opens offline and can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..summary import Inspection, OutputSet, describe_params
+from .plots import plot_advantages, plot_lengths, plot_segments
+from .selection import Marks, Response, boundary_marks, primary_set
+
+# The diverging colour scale of the token view: 2 * _HALF + 1 steps, white-ish at 0.
+_HALF = 8
+_CMAP = "RdBu"  # red: negative advantage, blue: positive
+
+
+def token_texts(ids: np.ndarray, tokenizer: Any = None) -> list[str]:
+    """The display text of each token: its id, or the tokenizer's decoding of that token alone
+    (special tokens kept, no clean-up, so every token shows what it adds)."""
+    ids = [int(i) for i in ids]
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    if hasattr(tokenizer, "batch_decode"):
+        return list(tokenizer.batch_decode([[i] for i in ids], **kw))
+    return [tokenizer.decode([i], **kw) for i in ids]
+
+
+def _visible(text: str) -> str:
+    """Token text made visible in a pre-wrap block: a newline shows as a return mark before the line
+    break, an empty decoding as a placeholder."""
+    if text == "":
+        return "\u2205"
+    return text.replace("\r", "\u240d").replace("\n", "\u21b5\n")
+
+
+def _palette() -> list[tuple[str, str]]:
+    """(background, text colour) per colour step, from the most negative to the most positive."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[_CMAP]
+    out = []
+    for k in range(2 * _HALF + 1):
+        r, g, b, _ = cmap(0.1 + 0.8 * k / (2 * _HALF))  # the ends of RdBu are nearly black: kept out
+        lum = 0.299 * r + 0.587 * g + 0.114 * b
+        out.append((f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}",
+                    "#fff" if lum < 0.5 else "#111"))
+    return out
+
+
+def _palette_css() -> str:
+    return "".join(f".tokens .c{k}{{background:{bg};color:{fg}}}\n" for k, (bg, fg) in enumerate(_palette()))
+
+
+def _scale(s: OutputSet | None) -> float:
+    """The advantage at which the colour saturates: the larger of |p01|, |p99| of the set."""
+    if s is None:
+        return 1.0
+    a = s.advantages
+    for x in (max(abs(a.p01), abs(a.p99)), max(abs(a.min), abs(a.max))):
+        if math.isfinite(x) and x > 0:
+            return float(f"{x:.2g}")  # a round number for the legend
+    return 1.0
+
+
+def _step(x: float, scale: float) -> int:
+    if not math.isfinite(x):
+        return _HALF
+    return int(round(max(-1.0, min(1.0, x / scale)) * _HALF)) + _HALF
+
+
+def _token_view(resp: Response, texts: list[str], colour_set: str | None, boundary_key: str | None,
+                set_names: list[str], scale: float, max_tokens: int, decoded: bool) -> str:
+    L = resp.ids.shape[0]
+    if L > max_tokens:
+        tail = max_tokens // 3
+        shown = list(range(max_tokens - tail)) + [-1] + list(range(L - tail, L))
+    else:
+        shown = list(range(L))
+    bnd = resp.boundaries.get(boundary_key) if boundary_key is not None else None
+    parts = []
+    sep = "" if decoded else " "
+    for t in shown:
+        if t < 0:
+            parts.append(f'<span class="gap">\u2026 {L - max_tokens:,} tokens not shown \u2026</span>')
+            continue
+        tip = [f"t={t}  id={int(resp.ids[t])}" + ("" if resp.valid[t] else "  (masked)")]
+        if resp.logprobs is not None:
+            tip.append(f"logprob {resp.logprobs[t]:.4g}")
+        if resp.values is not None:
+            tip.append(f"value {resp.values[t]:.4g}")
+        for name in set_names:
+            mark = " |" if name in resp.boundaries and resp.boundaries[name][t] else ""
+            tip.append(f"{name} {resp.advantages[name][t]:.4g}{mark}")
+        if not resp.valid[t]:
+            cls = "m"
+        elif colour_set is not None:
+            cls = f"c{_step(float(resp.advantages[colour_set][t]), scale)}"
+        else:
+            cls = "n"
+        if bnd is not None and bnd[t]:
+            cls += " b"
+        parts.append(f'<span class="{cls}" title="{html.escape(chr(10).join(tip))}">'
+                     f"{html.escape(_visible(texts[t]))}</span>")
+    return sep.join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0;
+       background: #fafafa; color: #222; }
+main { max-width: 1180px; margin: 0 auto; padding: 16px 24px 48px; }
+h1 { font-size: 20px; margin: 8px 0 2px; word-break: break-all; }
+h2 { font-size: 16px; margin: 26px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+h3 { font-size: 13px; margin: 16px 0 4px; }
+.sub { color: #666; font-size: 13px; }
+table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
+th, td { padding: 3px 9px; border-bottom: 1px solid #e4e4e4; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; font-weight: 600; }
+td.l, th.l { text-align: left; }
+td.p { text-align: left; white-space: normal; color: #555; max-width: 380px; }
+img { max-width: 100%; display: block; margin: 8px 0; background: #fff; border: 1px solid #e4e4e4; }
+.note { color: #666; font-size: 12px; margin: 4px 0; }
+.legend { display: flex; align-items: center; gap: 18px; flex-wrap: wrap; font-size: 12px;
+          margin: 6px 0 10px; }
+.bar { display: flex; }
+.bar span { width: 18px; height: 14px; display: inline-block; }
+.scale { display: flex; justify-content: space-between; font-size: 11px; color: #555; }
+.tokens { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px;
+          line-height: 1.75; white-space: pre-wrap; overflow-wrap: anywhere; background: #fff;
+          border: 1px solid #ddd; padding: 8px 10px; max-height: 360px; overflow-y: auto; }
+.tokens span { border-radius: 2px; }
+.tokens .b { border-left: 3px solid #111; padding-left: 1px; }
+.tokens .m { background: #e6e6e6; color: #9a9a9a; }
+.tokens .n { background: #fff; }
+.tokens .gap { background: #fff3c4; color: #7a5b00; font-style: italic; padding: 0 6px; }
+.demo { font-family: ui-monospace, monospace; padding: 1px 5px; border: 1px solid #ccc; }
+details pre { font-size: 11px; background: #fff; border: 1px solid #ddd; padding: 8px; overflow-x: auto; }
+"""
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "\u2013"
+    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and x.is_integer() and abs(x) >= 1000):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1, param_col: int | None = None) -> str:
+    """An HTML table; the first `left` columns left-aligned; cells are escaped."""
+    def cell(tag, i, v):
+        if i == param_col:
+            cls = ' class="p"' if tag == "td" else ' class="l"'
+        else:
+            cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{html.escape(v if isinstance(v, str) else _fmt(v))}</{tag}>"
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(x: float) -> str:
+    return "\u2013" if not math.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def render(ins: Inspection, picked: list[Response], tokenizer: Any = None, *, max_tokens: int = 1500) -> str:
+    """The report page as a string (see `write_report`): `picked` from `fetch_responses`,
+    `tokenizer` loaded (`load_tokenizer`) or None."""
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sae report: "
+             f"{e(os.path.basename(ins.path))}</title><style>{_CSS}{_palette_css()}</style></head>"
+             "<body><main>"]
+    meta = f"trajectory spec {ins.spec_version}"
+    if not ins.has_metadata:
+        meta += " (no sae_rl metadata: assumed)"
+    if ins.producer:
+        meta += f" \u00b7 written by {ins.producer}"
+    parts.append(f"<h1>{e(ins.path)}</h1><div class=\"sub\">{e(meta)}</div>")
+
+    # overview
+    share = f" ({100 * ins.valid_tokens / ins.tokens:.1f}%)" if ins.tokens else ""
+    parts.append("<h2>Overview</h2>")
+    parts.append(_table(["", "count"], [
+        ["responses (rows)", ins.rows], ["empty responses", ins.empty_rows],
+        ["responses without a valid token", ins.rows_without_valid], ["tokens", ins.tokens],
+        ["valid tokens (response_mask 1)", f"{ins.valid_tokens:,}{share}"]]))
+    parts.append(_table(["response length", "min", "mean", "p50", "p90", "max"], [
+        [label, s.min, s.mean, s.p50, s.p90, s.max]
+        for label, s in (("tokens", ins.lengths), ("valid tokens", ins.valid_lengths))]))
+    if ins.rows:
+        parts.append(f'<img alt="response lengths" src="{plot_lengths(ins)}">')
+
+    # output sets
+    parts.append("<h2>Output sets and advantages</h2>")
+    if not ins.sets:
+        parts.append('<p class="note">No output set: the file has no advantages column.</p>')
+    else:
+        parts.append(_table(
+            ["set", "estimator", "parameters", "mean", "std", "min", "p01", "p50", "p99", "max",
+             "returns mean"],
+            [[s.name, s.estimator, describe_params(s.params) or "(none recorded)", s.advantages.mean,
+              s.advantages.std, s.advantages.min, s.advantages.p01, s.advantages.p50, s.advantages.p99,
+              s.advantages.max, s.returns_mean] for s in ins.sets], left=2, param_col=2))
+        parts.append('<p class="note">Statistics over valid tokens'
+                     + ("; p01/p50/p99 from a uniform sample" if any(not s.advantages.exact for s in ins.sets)
+                        else "") + ".</p>")
+        if ins.correlations:
+            names = [s.name for s in ins.sets]
+            r = {(c.a, c.b): c.r for c in ins.correlations} | {(c.b, c.a): c.r for c in ins.correlations}
+            parts.append("<h3>Pearson correlations of advantages (valid tokens)</h3>")
+            parts.append(_table([""] + names,
+                                [[a] + [1.0 if a == b else r[(a, b)] for b in names] for a in names]))
+        img = plot_advantages(ins)
+        if img:
+            parts.append(f'<img alt="advantage distributions" src="{img}">')
+
+    # segments
+    parts.append("<h2>Boundaries and segments</h2>")
+    rows = [["boundaries" + s.suffix, s.estimator, s.segments] for s in ins.sets if s.segments is not None]
+    rows += [[f"logprobs < log {t.threshold:g}",
+              "recorded by " + ", ".join(t.recorded_by) if t.recorded_by else "", t.segments]
+             for t in ins.thresholds]
+    if rows:
+        parts.append(_table(
+            ["boundaries", "", "boundary share", "boundaries", "segments", "mean", "p50", "p90", "max"],
+            [[a, b, _pct(sg.fraction), sg.boundaries, sg.segments, sg.lengths.mean, sg.lengths.p50,
+              sg.lengths.p90, sg.lengths.max] for a, b, sg in rows], left=2))
+        parts.append('<p class="note">Share of valid tokens that are boundaries; segment lengths in valid '
+                     "tokens (a segment runs from a boundary, or a response's first valid token, to the next "
+                     "boundary). A set without boundaries has one segment per response.</p>")
+    if not ins.has_logprobs:
+        parts.append('<p class="note">No logprobs column: no logprob-rule boundaries.</p>')
+    img = plot_segments(ins)
+    if img:
+        parts.append(f'<img alt="segment lengths" src="{img}">')
+
+    # non-finite
+    if ins.nonfinite:
+        parts.append("<h2>Non-finite values</h2>")
+        parts.append(_table(["column", "level", "NaN", "inf", "NaN on valid tokens", "inf on valid tokens"],
+                            [[n.column, n.level, n.nan, n.inf, n.nan_valid, n.inf_valid]
+                             for n in ins.nonfinite],
+                            left=2))
+
+    parts.append(_tokens_section(ins, picked, tokenizer, boundary_marks(ins), max_tokens))
+    parts.append(f"<h2>Text summary</h2><details><summary>as <code>sae inspect</code> prints it</summary>"
+                 f"<pre>{e(ins.format())}</pre></details>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def _tokens_section(ins: Inspection, picked: list[Response], tokenizer: Any, marks: Marks | None,
+                    max_tokens: int) -> str:
+    e = html.escape
+    out = ["<h2>Responses, token by token</h2>"]
+    if not picked:
+        out.append('<p class="note">No response with a token.</p>')
+        return "".join(out)
+    colour = primary_set(ins)
+    scale = _scale(colour)
+    palette = _palette()
+    swatches = "".join(f'<span style="background:{bg}"></span>' for bg, _ in palette)
+    what = (f"advantage in <b>{e(colour.name)}</b> ({e(colour.estimator)})" if colour is not None
+            else "no advantages column: tokens are not coloured")
+    legend = [f"<div>{what}</div>"]
+    if colour is not None:
+        legend.append(f'<div><div class="bar">{swatches}</div><div class="scale">'
+                      f"<span>\u2264 \u2212{scale:g}</span><span>0</span>"
+                      f"<span>\u2265 +{scale:g}</span></div></div>")
+    if marks is not None:
+        legend.append(f'<div><span class="tokens" style="padding:0;border:0;background:none">'
+                      f'<span class="n b">tok</span></span> boundary ({e(marks.label)})</div>')
+    legend.append('<div><span class="tokens" style="padding:0;border:0;background:none">'
+                  '<span class="m">tok</span></span> masked (response_mask 0)</div>')
+    legend.append(f"<div>tokens shown as {'decoded text' if tokenizer is not None else 'ids'}; "
+                  "hover a token for t, id, logprob, value and every set's advantage</div>")
+    out.append(f'<div class="legend">{"".join(legend)}</div>')
+    key = None if marks is None else marks.key
+    names = [s.name for s in ins.sets]
+    for resp in picked:
+        texts = token_texts(resp.ids, tokenizer)
+        nb = int(resp.boundaries[key].sum()) if key is not None and key in resp.boundaries else None
+        head = (f"row {resp.row} \u00b7 {resp.why} \u00b7 {resp.ids.shape[0]:,} tokens, "
+                f"{int(resp.valid.sum()):,} valid" + (f", {nb:,} boundaries" if nb is not None else ""))
+        out.append(f"<h3>{e(head)}</h3>")
+        out.append(f'<div class="tokens" data-row="{resp.row}">'
+                   + _token_view(resp, texts, None if colour is None else colour.name, key, names, scale,
+                                 max_tokens, tokenizer is not None) + "</div>")
+    return "".join(out)
+
+
+__all__ = ["render", "token_texts"]
