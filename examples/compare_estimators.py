@@ -1,6 +1,6 @@
 """Advantage estimators side by side on toy_ppo's task: pass rate against samples seen, over seeds.
 
-    .venv/bin/python examples/compare_estimators.py                  # gae, sae x 3 seeds: 11 min, 2 CPU cores
+    .venv/bin/python examples/compare_estimators.py                  # gae, sae x 3 seeds
     .venv/bin/python examples/compare_estimators.py --estimators gae,mc,sae,vapo --seeds 5
     .venv/bin/python examples/compare_estimators.py --help           # also every flag of toy_ppo.py
 
@@ -23,11 +23,7 @@ paired difference removes the seed's luck); the largest drop of a run's pass rat
 so far (mean over seeds), as a measure of stability; and the last 10 steps' critic loss, boundary
 fraction and mean segment length.
 
-The defaults take about 10.5 minutes on this project's 2-core CPU machine (20 s per warm start,
-about 100 s per PPO run); docs/toy_ppo.md has their results. Larger settings for a GPU (toy_ppo's,
-not run yet; see its docstring), with more seeds and a larger held-out set:
-    --device cuda --seeds 5 --estimators gae,mc,sae,vapo --n-terms 16 --n-layers 4 --d-model 256
-    --n-heads 8 --sft-steps 3000 --batch 512 --minibatch 128 --steps 500 --eval-prompts 1024
+Timings, results, and larger settings for a GPU: docs/toy_ppo.md.
 """
 
 import argparse

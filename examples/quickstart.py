@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_core import compute_advantages, compute_advantages_ragged, masked_whiten
+from sae_core import compute_advantages, compute_advantages_ragged, masked_whiten, segment_stats
 
 
 @dataclass
@@ -54,7 +54,10 @@ print("  A (gae)     ", gae.advantages[0, :n])
 print("  A (sae)     ", sae.advantages[0, :n])
 print("  R (critic)  ", sae.returns[0, :n])
 print("  A (whitened)", actor_advantages[0, :n])
-print(f"boundary fraction {sae.boundaries[response_mask].mean():.3f} over {int(response_mask.sum())} tokens")
+# What the adapters log per step: boundaries per valid token, and valid tokens per segment.
+fraction, segment_length = segment_stats(sae.boundaries, response_mask)
+print(f"boundary fraction {fraction:.3f}, mean segment length {segment_length:.1f} "
+      f"over {int(response_mask.sum())} tokens")
 
 # The same rows as flat columns plus offsets (Arrow list columns, packed sequences):
 offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

@@ -1,6 +1,6 @@
 """PPO on a toy verifiable task with a small transformer, the advantage estimator chosen by a flag.
 
-    .venv/bin/python examples/toy_ppo.py                       # gae, defaults: a few minutes on 2 CPU cores
+    .venv/bin/python examples/toy_ppo.py                       # gae, the defaults
     .venv/bin/python examples/toy_ppo.py --estimator sae --threshold 0.2
     .venv/bin/python examples/toy_ppo.py --help                # every hyperparameter of `Config`
 
@@ -52,13 +52,7 @@ in the trajectory standard, `rollouts/step-XXXXXXXX.parquet`, with the estimator
 (which shows token ids: the character tokenizer here is not a transformers tokenizer).
 
 A run is fixed by its seed and thread count, up to last-bit differences between CPU kernels.
-On 2 CPU cores the defaults take about 2 minutes (20 s warm start, 0.6 s per PPO step) and lift
-the held-out pass rate from about 0.22 to about 0.4. A batch of 32 made the pass rate of every
-estimator fall here: with so few successes per batch, Adam's normalised steps follow the noise.
-
-Larger settings for a GPU (`--device cuda`; not run yet, sized by the CPU timings): --n-terms 16
-(responses of about 120 tokens) --n-layers 4 --d-model 256 --n-heads 8 --sft-steps 3000
---batch 512 --minibatch 128 --steps 500.
+Timings, results, how the defaults were chosen and larger settings for a GPU: docs/toy_ppo.md.
 """
 
 
@@ -73,10 +67,8 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2ForTokenClassification, GPT2LMHeadModel
 
-from sae_core import ESTIMATORS, compute_advantages, masked_whiten
+from sae_core import ESTIMATORS, compute_advantages, estimator_params, masked_whiten, registry, segment_stats
 from sae_core import trajectory as tj
-from sae_core.estimators import estimator_params
-from sae_core.metrics import segment_stats
 
 
 def arg(default, help: str, **extra):
@@ -110,12 +102,13 @@ class Config:
     critic_lr: float = arg(1e-3, "critic learning rate (Adam)")
     clip: float = arg(0.2, "PPO ratio clip epsilon")
     max_grad_norm: float = arg(1.0, "gradient-norm clip for both models")
-    # advantage estimator (sae_core.compute_advantages)
+    # advantage estimator (sae_core.compute_advantages); each estimator reads the fields named by its
+    # options (registry.ESTIMATORS[name].options)
     estimator: str = arg("gae", "advantage estimator", choices=ESTIMATORS)
-    gamma: float = arg(1.0, "discount (RLVR: none)")
-    lam: float = arg(0.95, "GAE lambda; for sae, the lambda at segment boundaries")
-    threshold: float = arg(0.2, "sae: a token with behaviour probability below this starts a segment")
-    alpha: float = arg(0.05, "vapo: lambda = 1 - 1 / (alpha * response length)")
+    gamma: float = arg(registry.COMMON["gamma"].default, "discount (RLVR: none)")
+    lam: float = arg(registry.PAPER_LAM, "GAE lambda; for sae, the lambda at segment boundaries")
+    threshold: float = arg(registry.PAPER_THRESHOLD, "sae: tokens of probability below this start segments")
+    alpha: float = arg(registry.VAPO_ALPHA, "vapo: lambda = 1 - 1 / (alpha * response length)")
     # logging
     eval_every: int = arg(10, "steps between evaluations on the held-out prompts (and after the last)")
     eval_prompts: int = arg(256, "held-out prompts, one sampled response each (temperature 1)")
@@ -286,11 +279,12 @@ def warm_start(cfg: Config) -> dict:
 
 
 def estimator_kwargs(cfg: Config) -> dict:
-    """The options of `compute_advantages` for cfg.estimator (each estimator takes only its own)."""
-    kw = dict(estimator=cfg.estimator, gamma=cfg.gamma, lam=cfg.lam, threshold=cfg.threshold)
-    if cfg.estimator == "vapo":
-        kw["alpha"] = cfg.alpha
-    return kw
+    """The scalar arguments of `compute_advantages` for cfg.estimator: gamma, and of the options
+    that estimator takes (registry.ESTIMATORS[name].options; it rejects any other), those that
+    are fields of Config."""
+    takes = registry.ESTIMATORS[cfg.estimator].options
+    options = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in takes}
+    return dict(estimator=cfg.estimator, gamma=cfg.gamma, **options)
 
 
 def critic_update(critic, opt, seq, P, returns, mask, max_grad_norm) -> float:
@@ -327,7 +321,7 @@ def save_rollouts(path: Path, cfg: Config, step: int, prompts, responses, logpro
         mask,
         {"trajectory_id": ids, "group_id": ids, "step": np.full(B, step), "prompt_ids": prompts.tolist(),
          "reward": reward.numpy(), "finish_reason": ["stop" if f else "length" for f in finished.tolist()]},
-        estimators={"advantages": estimator_params(logprobs=logprobs, **estimator_kwargs(cfg))},
+        estimators={"advantages": estimator_params(**estimator_kwargs(cfg))},
     )
     tj.write_table(table, path, overwrite=True)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sae_core import compute_advantages_ragged, lab
-from sae_core.cli import main
+from sae_core.tools.cli import main
 
 SMALL = lab.TaskConfig(min_length=40, max_length=60, decision_rate=0.1, slip_rate=0.05, label_noise=0.1)
 

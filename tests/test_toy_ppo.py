@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from sae_core import compute_advantages  # noqa: E402
+from sae_core import ESTIMATORS, compute_advantages, estimator_params, registry  # noqa: E402
 from sae_core import trajectory as tj  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -124,3 +124,10 @@ def test_command_line_sets_every_field():
     assert toy.parse_config([]) == toy.Config()
     with pytest.raises(SystemExit):
         toy.parse_config(["--estimator", "ppo"])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_each_estimator_gets_only_its_own_options(estimator):
+    kwargs = toy.estimator_kwargs(dataclasses.replace(toy.Config(), estimator=estimator))
+    assert set(kwargs) - {"estimator", "gamma"} <= set(registry.ESTIMATORS[estimator].options)
+    assert estimator_params(**kwargs)["estimator"] == estimator  # compute_advantages' checks accept them
