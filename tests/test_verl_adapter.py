@@ -196,6 +196,40 @@ def test_missing_inputs_name_the_flag(change, flag):
         run(data)
 
 
+def test_rules_the_batch_cannot_feed_are_named():
+    with pytest.raises(ValueError, match="needs per-token entropies"):
+        run(batch(), entropy_threshold=1.0)  # veRL 0.9.1 stores no 'entropys' in the batch
+    with pytest.raises(ValueError, match=r"algorithm\.sae\.boundary=given: .*given_boundaries.*cannot"):
+        run(batch(), boundary="given")
+
+
+def test_entropy_rule_reads_the_batchs_entropys(tmp_path):
+    data = batch()
+    g = torch.Generator().manual_seed(3)
+    data.batch["entropys"] = torch.rand(*data.batch["values"].shape, generator=g) * 2
+    entropys = data.batch["entropys"].clone()
+    got = run(data, entropy_threshold=1.0, dump_dir=str(tmp_path))
+    b = batch()
+    want = compute_advantages(b.batch["token_level_rewards"], b.batch["values"], b.batch["response_mask"],
+                              estimator="sae", entropy=entropys, entropy_threshold=1.0)
+    assert torch.equal(got.batch["returns"], want.returns)
+    table = tj.read_table(tmp_path / "step-00000007.parquet")  # the dump carries what the rule read
+    params = tj.read_info(table.schema).estimators["advantages"]
+    inputs = table.drop_columns(["advantages", "returns", "boundaries"])
+    again = tj.compute(inputs, **tj.estimator_kwargs(params))
+    np.testing.assert_allclose(np.concatenate(again.column("advantages").to_pylist()),
+                               np.concatenate(table.column("advantages").to_pylist()), rtol=1e-6, atol=1e-6)
+
+
+def test_one_section_serves_sae_and_vapo():
+    """algorithm.sae holds the options of both; each estimator reads its own (vapo takes no threshold)."""
+    both = run(batch(), estimator="vapo", alpha=0.1, threshold=0.3, lam=0.9)
+    alone = run(batch(), estimator="vapo", alpha=0.1)
+    assert torch.equal(both.batch["advantages"], alone.batch["advantages"])
+    sae = run(batch(), threshold=0.3, alpha=0.1)
+    assert torch.equal(sae.batch["advantages"], run(batch(), threshold=0.3).batch["advantages"])
+
+
 def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="algorithm.sae.threshhold"):
         run(batch(), threshhold=0.3)

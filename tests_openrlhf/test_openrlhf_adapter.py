@@ -159,6 +159,7 @@ def test_help_lists_upstream_and_sae_flags():
     proc = wrapper("--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--algo.advantage.sae.threshold" in proc.stdout and "--actor.model_name_or_path" in proc.stdout
+    assert "--algo.advantage.sae.entropy_threshold" in proc.stdout  # every registry option of sae has a flag
     assert "sae" in proc.stdout.split("--algo.advantage.estimator", 1)[1].split("--", 1)[0]  # in the choices
 
 
@@ -178,6 +179,60 @@ def test_bad_flags_are_refused_with_a_clear_message(argv, message):
 
 class Started(Exception):
     pass
+
+
+def parse_in_process(argv, monkeypatch, capsys):
+    """main(argv) in this process up to the parser's verdict: (exit code, stderr); 0 when the run
+    got as far as OpenRLHF's ray.init."""
+    import ray
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+
+    def fake_init(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    try:
+        train_ppo_ray.main(["--actor.model_name_or_path", "m", "--reward.model_name_or_path", "rm", *argv])
+    except Started:
+        return 0, capsys.readouterr().err
+    except SystemExit as exc:
+        return exc.code, capsys.readouterr().err
+    raise AssertionError("the run neither started nor exited")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--algo.advantage.sae.boundary", "given"], "cannot provide"),  # no framework stores given boundaries
+    (["--algo.advantage.sae.delimiter_ids", "13", "x"], "integer token ids"),
+    (["--algo.advantage.sae.segment_length", "0"], "segment_length must be an integer"),
+])
+def test_flags_checked_as_the_registry_checks_the_options(argv, message, monkeypatch, capsys):
+    code, err = parse_in_process(["--algo.advantage.estimator", "sae", *argv], monkeypatch, capsys)
+    assert code == 2 and message in err
+
+
+def test_flags_of_another_estimator_are_refused(monkeypatch, capsys):
+    """One flag group serves sae and vapo; a flag the chosen estimator does not take is an error."""
+    argv = ["--algo.advantage.estimator", "vapo", "--algo.advantage.sae.threshold", "0.2"]
+    code, err = parse_in_process(argv, monkeypatch, capsys)
+    assert code == 2 and "estimator 'vapo' takes only alpha; got unexpected option(s) threshold" in err
+
+
+@pytest.mark.parametrize("ids", [["13", "14"], ["13,14"], ["[13, 14]"]])
+def test_delimiter_ids_flag_forms(ids, monkeypatch, capsys):
+    argv = ["--algo.advantage.estimator", "sae", "--algo.advantage.sae.delimiter_ids", *ids]
+    code, err = parse_in_process(argv, monkeypatch, capsys)
+    assert code == 0, err
+    assert getattr(train_ppo_ray.last_args, "algo.advantage.sae.delimiter_ids") == (13, 14)
+
+
+def test_entropy_rule_without_entropies_fails_at_the_first_step():
+    """The flags accept the entropy rule (a registry rule), but OpenRLHF 0.11.2's experiences carry
+    no per-token entropy: the first advantage computation says so."""
+    m = maker(sae={"estimator": "sae", "entropy_threshold": 1.0})
+    with pytest.raises(ValueError, match="needs per-token entropies"):
+        m.compute_advantages_and_returns(experiences())
 
 
 def test_an_sae_run_reaches_train_as_gae_with_a_critic_and_the_worker_hook(monkeypatch):

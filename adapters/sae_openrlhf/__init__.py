@@ -17,18 +17,18 @@ advantages and returns per experience, is computed by `sae_core` (see `sae_openr
 
 from __future__ import annotations
 
-from sae_core.import_hooks import on_import
+from sae_core.integration.hooks import on_import
+from sae_core.integration.translate import ADDED_ESTIMATORS, wrap_attribute
 
-ESTIMATORS = ("sae", "vapo")
+ESTIMATORS = ADDED_ESTIMATORS  # what --algo.advantage.estimator gains
 
 
 def _patch_experience_maker(module) -> None:
-    from .experience import wrap_compute_advantages_and_returns
+    from .experience import compute_advantages_and_returns_wrapper
 
     cls = getattr(module, "RemoteExperienceMaker", None)
-    if cls is not None and "compute_advantages_and_returns" in vars(cls):
-        cls.compute_advantages_and_returns = wrap_compute_advantages_and_returns(
-            vars(cls)["compute_advantages_and_returns"])
+    if cls is not None:
+        wrap_attribute(cls, "compute_advantages_and_returns", compute_advantages_and_returns_wrapper)
 
 
 PATCHES = {"openrlhf.trainer.ppo_utils.experience_maker": _patch_experience_maker}

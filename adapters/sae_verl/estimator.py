@@ -2,24 +2,26 @@
 
 Reads from the DataProto's batch ([B, T] tensors, T = the response length, on the trainer's device):
 `token_level_rewards`, `values` (the critic's; needs `critic.enable=True` for estimators other
-than gae), `response_mask`, and the behaviour log-probs: `rollout_log_probs` (the sampler's own,
-present when `actor_rollout_ref.rollout.calculate_log_probs=True`) when the batch has them, else
-`old_log_probs` (recomputed by the actor before the update). Writes `advantages` (whitened over
-the batch's valid tokens exactly as veRL's GAE does) and `returns` (not whitened), like veRL's GAE.
+than gae), `response_mask`, and what the boundary rule reads: the behaviour log-probs
+(`rollout_log_probs`, the sampler's own, present when
+`actor_rollout_ref.rollout.calculate_log_probs=True`, when the batch has them, else
+`old_log_probs`, recomputed by the actor before the update), the sampled token ids (`responses`)
+or per-token entropies (`entropys`). Writes `advantages` (whitened over the batch's valid tokens
+exactly as veRL's GAE does) and `returns` (not whitened), like veRL's GAE.
 
 Options come from `algorithm.sae` (Hydra: `+algorithm.sae.threshold=0.2` and so on):
-    threshold      sae's probability threshold p (default 0.2, the paper's)
-    lam            lambda at segment boundaries (default 0.95, the paper's; algorithm.lam is veRL's
-                   GAE lambda and is not used)
-    critic_lam     lambda of decoupled critic targets (default None: R = A + V)
-    boundary       sae's boundary rule: logprob (default), fixed, delimiter, quantile, entropy
-    segment_length, delimiter_ids, quantile, entropy_threshold: the rules' options
-    alpha          vapo's alpha (default 0.05)
-    logprobs       "auto" (default: rollout_log_probs, else old_log_probs), "rollout_log_probs" or
-                   "old_log_probs"
-    mask_mode      "skip" (default, veRL's own GAE semantics) or "zero"
-    whiten         whiten advantages as veRL's GAE does (default true)
-    dump_dir       write each call's rollouts and outputs there, in the trajectory standard
+- the options of sae and vapo as `sae_core.registry` defines them (`ESTIMATORS[name].options`,
+  with their ranges and defaults, the paper's for sae; listed in the README): sae's `lam` (the
+  lambda at segment boundaries; `algorithm.lam` is veRL's GAE lambda and is not used),
+  `boundary` and each boundary rule's option, vapo's `alpha`. Options of the other estimator are
+  ignored, so one section serves both;
+- `critic_lam` and `mask_mode` (registry.COMMON; mask_mode "skip", the default, is veRL's own GAE
+  semantics);
+- this adapter's own settings (ADAPTER_OPTIONS):
+    logprobs   "auto" (default: rollout_log_probs, else old_log_probs), "rollout_log_probs" or
+               "old_log_probs"
+    whiten     whiten advantages as veRL's GAE does (default true)
+    dump_dir   write each call's rollouts and outputs there, in the trajectory standard
 gamma is `algorithm.gamma`.
 """
 
@@ -30,17 +32,22 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from sae_core import compute_advantages
-from sae_core.estimators import estimator_params
-from sae_core.metrics import segment_stats
+from sae_core import compute_advantages, estimator_params, registry
+from sae_core.integration import translate
+from sae_core.segments import segment_stats
 
-OPTIONS = ("threshold", "lam", "critic_lam", "boundary", "segment_length", "delimiter_ids", "quantile",
-           "entropy_threshold", "alpha", "logprobs", "mask_mode", "whiten", "dump_dir")
-PAPER = {"threshold": 0.2, "lam": 0.95}
+SECTION = "algorithm.sae"
+COMMON_OPTIONS = ("critic_lam", "mask_mode")  # of registry.COMMON; gamma is algorithm.gamma
+ADAPTER_OPTIONS = ("logprobs", "whiten", "dump_dir")
 LOGPROB_KEYS = ("rollout_log_probs", "old_log_probs")
 
 _pending: dict[str, float] = {}
 _dump_counter = itertools.count()
+
+
+def known_options() -> tuple[str, ...]:
+    """The keys `algorithm.sae` may hold, read from the registry now."""
+    return translate.option_names(translate.ADDED_ESTIMATORS, COMMON_OPTIONS, ADAPTER_OPTIONS)
 
 
 def registry_stub(name: str):
@@ -74,11 +81,12 @@ def options(config: Any) -> dict[str, Any]:
     except ImportError:  # pragma: no cover (veRL depends on omegaconf)
         pass
     if not isinstance(section, Mapping):
-        raise ValueError(f"algorithm.sae must be a mapping of options; got {section!r}")
-    unknown = sorted(set(section) - set(OPTIONS))
+        raise ValueError(f"{SECTION} must be a mapping of options; got {section!r}")
+    known = known_options()
+    unknown = sorted(set(section) - set(known))
     if unknown:
-        raise ValueError(f"unknown option(s) algorithm.sae.{', algorithm.sae.'.join(unknown)}; "
-                         f"known: {', '.join(OPTIONS)}")
+        named = ", ".join(f"{SECTION}.{key}" for key in unknown)
+        raise ValueError(f"unknown option(s) {named}; known: {', '.join(known)}")
     return dict(section)
 
 
@@ -97,28 +105,30 @@ def compute(data, estimator: str, *, gamma: float, config: Any):
         raise ValueError(f"adv_estimator={estimator} needs the critic's values, and the batch has none: set "
                          "critic.enable=True (veRL runs a critic by default only for gae)")
     values = batch["values"]
-    rule = opts.get("boundary")
-    kwargs: dict[str, Any] = {"gamma": gamma, "mask_mode": opts.get("mask_mode", "skip"),
-                              "critic_lam": opts.get("critic_lam")}
-    if estimator == "sae":
-        kwargs["lam"] = opts.get("lam", PAPER["lam"])
-        kwargs["threshold"] = opts.get("threshold", PAPER["threshold"])
-        for key in ("boundary", "segment_length", "delimiter_ids", "quantile", "entropy_threshold"):
-            if opts.get(key) is not None:
-                kwargs[key] = opts[key]
-        if rule in (None, "logprob", "quantile"):
-            kwargs["logprobs"] = _logprobs(batch, opts.get("logprobs", "auto"), estimator)
-        elif rule == "delimiter":
-            kwargs["response_ids"] = batch["responses"]
-        elif rule == "entropy":
-            if "entropys" not in batch.keys():
-                raise ValueError("algorithm.sae.boundary=entropy needs per-token entropies (batch key 'entropys'), "
-                                 "which this trainer does not store; use another boundary rule")
-            kwargs["entropy"] = batch["entropys"]
-    elif estimator == "vapo":
-        kwargs["alpha"] = opts.get("alpha", 0.05)
+    kwargs = translate.estimator_kwargs(estimator, opts, adapter=ADAPTER_OPTIONS, gamma=gamma)
     recorded = estimator_params(estimator, **kwargs)  # checks the options before any work
-    out = compute_advantages(rewards, values, mask, estimator=estimator, **kwargs)
+    keys, logprobs = translate.choose_logprobs(opts.get("logprobs", "auto"), LOGPROB_KEYS,
+                                               lambda key: batch[key] if key in batch.keys() else None,
+                                               setting=f"{SECTION}.logprobs")
+
+    def behaviour_logprobs():
+        if logprobs is None:
+            raise ValueError(
+                f"adv_estimator={estimator} needs the behaviour log-probs of the sampled tokens, and the "
+                f"batch has no {' or '.join(keys)}: set actor_rollout_ref.rollout.calculate_log_probs=True "
+                "(rollout_log_probs), or let the actor recompute old_log_probs (the default for PPO)")
+        return logprobs
+
+    def entropy():
+        if "entropys" not in batch.keys():
+            raise ValueError(f"{SECTION}.boundary=entropy needs per-token entropies (batch key 'entropys'), "
+                             "which this trainer does not store; use another boundary rule")
+        return batch["entropys"]
+
+    sources = {"logprobs": behaviour_logprobs, "response_ids": lambda: batch["responses"], "entropy": entropy}
+    per_token = translate.per_token_data(estimator, kwargs, sources, framework="veRL's batch",
+                                         setting=f"{SECTION}.boundary")
+    out = compute_advantages(rewards, values, mask, estimator=estimator, **kwargs, **per_token)
     advantages = out.advantages
     if opts.get("whiten", True):
         from verl.utils import torch_functional as verl_F
@@ -128,28 +138,15 @@ def compute(data, estimator: str, *, gamma: float, config: Any):
     batch["returns"] = out.returns
     _pending.update(step_metrics(out.boundaries, mask, estimator))
     if opts.get("dump_dir"):
-        dump(data, out, opts["dump_dir"], recorded)
+        dump(data, out, opts["dump_dir"], recorded, logprobs, per_token)
     return data
-
-
-def _logprobs(batch, choice: str, estimator: str):
-    keys = LOGPROB_KEYS if choice == "auto" else (choice,)
-    if choice not in ("auto", *LOGPROB_KEYS):
-        raise ValueError(f"algorithm.sae.logprobs must be auto, rollout_log_probs or old_log_probs; got {choice!r}")
-    for key in keys:
-        if key in batch.keys():
-            return batch[key]
-    raise ValueError(
-        f"adv_estimator={estimator} needs the behaviour log-probs of the sampled tokens, and the batch has no "
-        f"{' or '.join(keys)}: set actor_rollout_ref.rollout.calculate_log_probs=True (rollout_log_probs), or let "
-        "the actor recompute old_log_probs (the default for PPO)")
 
 
 def step_metrics(boundaries, mask, estimator: str) -> dict[str, float]:
     """sae/boundary_fraction: boundaries per valid token; sae/mean_segment_length: valid tokens per
     segment, a segment starting at a boundary or at a response's first valid token
-    (`sae_core.metrics.segment_stats`)."""
-    if estimator != "sae":
+    (`sae_core.segments.segment_stats`); none for estimators without segments."""
+    if not registry.ESTIMATORS[estimator].segmental:
         return {}
     fraction, length = segment_stats(boundaries, mask)
     return {"sae/boundary_fraction": fraction, "sae/mean_segment_length": length}
@@ -162,14 +159,16 @@ def pop_metrics() -> dict[str, float]:
     return out
 
 
-def dump(data, out, directory: str, recorded: Mapping[str, Any]) -> str:
+def dump(data, out, directory: str, recorded: Mapping[str, Any], logprobs: Any = None,
+         per_token: Mapping[str, Any] | None = None) -> str:
     """Write this call's rollouts and outputs to `directory/step-XXXXXXXX.parquet`, atomically
     (a second call in the same step gets `-1`, `-2`, ...). Returns the path.
 
     Rows are responses; columns: trajectory_id, group_id (veRL's uid), step, prompt_ids,
-    response_ids, response_mask, logprobs (rollout_log_probs, else old_log_probs, when present),
-    values, rewards (token-level), and the outputs advantages (before whitening), returns,
-    boundaries; `recorded` (the estimator's parameters) goes to the metadata.
+    response_ids, response_mask, logprobs (the [B, T] behaviour log-probs `algorithm.sae.logprobs`
+    chose, when present), values, rewards (token-level), the per-token data the boundary rule read
+    (`per_token`, by `registry.DATA` name: entropy, ...), and the outputs advantages (before
+    whitening), returns, boundaries; `recorded` (the estimator's parameters) goes to the metadata.
     """
     import numpy as np
 
@@ -183,11 +182,12 @@ def dump(data, out, directory: str, recorded: Mapping[str, Any]) -> str:
     tokens = {"response_ids": batch["responses"], "response_mask": mask, "values": batch["values"],
               "rewards": batch["token_level_rewards"], "advantages": out.advantages, "returns": out.returns,
               "boundaries": out.boundaries}
-    for key in LOGPROB_KEYS:
-        if key in batch.keys():
-            tokens["logprobs"] = batch[key]
-            break
-    floats = ("values", "rewards", "advantages", "returns", "logprobs")
+    for name, value in (per_token or {}).items():
+        tokens[registry.DATA[name].column] = value
+    if logprobs is not None:
+        tokens["logprobs"] = logprobs
+    floats = ("values", "rewards", "advantages", "returns", *(d.column for d in registry.DATA.values()
+                                                            if d.kind == "float"))
     tokens = {k: v.detach().float().cpu().numpy() if k in floats else v for k, v in tokens.items()}
     uid = data.non_tensor_batch.get("uid") if hasattr(data, "non_tensor_batch") else None
     rows: dict[str, Any] = {"trajectory_id": [f"step{step}-{i}" for i in range(n)],

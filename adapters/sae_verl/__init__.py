@@ -20,16 +20,15 @@ Importing this package twice, or reloading it, wraps nothing twice.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from sae_core.import_hooks import on_import
+from sae_core.integration.hooks import on_import
+from sae_core.integration.translate import ADDED_ESTIMATORS, wrap_attribute
 
-ESTIMATORS = ("sae", "vapo")  # the estimators of sae_core that veRL cannot feed: they read values / log-probs
-
-_ORIGINAL = "__sae_rl_original__"  # the attribute our wrappers keep veRL's function under
+# The estimators this plugin adds to veRL (its generic estimator path cannot feed them values and log-probs)
+ESTIMATORS = ADDED_ESTIMATORS
 
 
 def _register(core_algos) -> None:
@@ -42,12 +41,9 @@ def _register(core_algos) -> None:
         # a name some other plugin registered first is left to it
 
 
-def _wrap_compute_advantage(original: Callable) -> Callable:
-    if hasattr(original, _ORIGINAL):
-        return original
+def _compute_advantage_wrapper(original: Callable) -> Callable:
     signature = inspect.signature(original)
 
-    @functools.wraps(original)
     def compute_advantage(*args: Any, **kwargs: Any):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -60,16 +56,12 @@ def _wrap_compute_advantage(original: Callable) -> Callable:
         return compute(bound.arguments["data"], name, gamma=bound.arguments["gamma"],
                        config=bound.arguments["config"])
 
-    setattr(compute_advantage, _ORIGINAL, original)
     return compute_advantage
 
 
-def _wrap_data_metrics(original: Callable) -> Callable:
+def _data_metrics_wrapper(original: Callable) -> Callable:
     """The legacy trainer's per-step metrics, plus the SAE metrics of the step's advantages."""
-    if hasattr(original, _ORIGINAL):
-        return original
 
-    @functools.wraps(original)
     def compute_data_metrics(*args: Any, **kwargs: Any):
         from .estimator import pop_metrics
 
@@ -77,16 +69,12 @@ def _wrap_data_metrics(original: Callable) -> Callable:
         metrics.update(pop_metrics())
         return metrics
 
-    setattr(compute_data_metrics, _ORIGINAL, original)
     return compute_data_metrics
 
 
-def _wrap_v1_compute_advantage(original: Callable) -> Callable:
+def _v1_compute_advantage_wrapper(original: Callable) -> Callable:
     """The v1 trainer's `_compute_advantage(self, batch, metrics)`: its `metrics` get ours."""
-    if hasattr(original, _ORIGINAL):
-        return original
 
-    @functools.wraps(original)
     def _compute_advantage(self, batch, metrics, *args: Any, **kwargs: Any):
         from .estimator import pop_metrics
 
@@ -94,25 +82,22 @@ def _wrap_v1_compute_advantage(original: Callable) -> Callable:
         metrics.update(pop_metrics())
         return out
 
-    setattr(_compute_advantage, _ORIGINAL, original)
     return _compute_advantage
 
 
 def _patch_binding(module) -> None:
-    if hasattr(module, "compute_advantage"):
-        module.compute_advantage = _wrap_compute_advantage(module.compute_advantage)
+    wrap_attribute(module, "compute_advantage", _compute_advantage_wrapper)
 
 
 def _patch_ray_trainer(module) -> None:
     _patch_binding(module)
-    if hasattr(module, "compute_data_metrics"):
-        module.compute_data_metrics = _wrap_data_metrics(module.compute_data_metrics)
+    wrap_attribute(module, "compute_data_metrics", _data_metrics_wrapper)
 
 
 def _patch_v1_trainer_base(module) -> None:
     for obj in vars(module).values():
-        if inspect.isclass(obj) and obj.__module__ == module.__name__ and "_compute_advantage" in vars(obj):
-            obj._compute_advantage = _wrap_v1_compute_advantage(vars(obj)["_compute_advantage"])
+        if inspect.isclass(obj) and obj.__module__ == module.__name__:
+            wrap_attribute(obj, "_compute_advantage", _v1_compute_advantage_wrapper)
 
 
 # module name -> what to do once it has been executed

@@ -7,9 +7,11 @@
 OpenRLHF builds its argument parser inside `if __name__ == "__main__":`, so this runs that very
 module as `__main__` (every upstream flag and check stays as it is) with two additions:
 - its parser also takes `--algo.advantage.estimator sae|vapo` and the `--algo.advantage.sae.*`
-  flags below; an sae run is handed to OpenRLHF as `gae` (so it builds the critic and the GAE
-  pipeline) with `args.algo.advantage.sae.estimator` telling the patched experience maker to
-  compute sae instead (see `sae_openrlhf.experience`);
+  flags (`add_flags`): one per option of sae and vapo in `sae_core.registry`, with the option's
+  type, range, choices and help from there, plus `critic_lam` and this adapter's `logprobs`. An
+  sae run is handed to OpenRLHF as `gae` (so it builds the critic and the GAE pipeline) with
+  `args.algo.advantage.sae.estimator` telling the patched experience maker to compute sae instead
+  (see `sae_openrlhf.experience`);
 - its `ray.init` gets `worker_process_setup_hook: sae_openrlhf.worker_setup` in the runtime_env,
   so every Ray worker (the experience maker lives in the PPO trainer actor) installs the patch.
 For any other estimator the flags, the parser and the computation are OpenRLHF's own.
@@ -24,11 +26,16 @@ import runpy
 import sys
 from collections.abc import Iterator
 
+from sae_core import estimator_params, registry
+from sae_core.integration import translate
+
 from . import ESTIMATORS, install
+from .experience import ADAPTER_NAMES, ADAPTER_OPTIONS, FRAMEWORK, SOURCES
 
 UPSTREAM = "openrlhf.cli.train_ppo_ray"
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
 PREFIX = "algo.advantage.sae."
+COMMON_OPTIONS = ("critic_lam",)  # of registry.COMMON; gamma is --algo.advantage.gamma, mask_mode is zero
 SETUP_HOOK = "sae_openrlhf.worker_setup"
 NEXT_HOOK_ENV = "SAE_OPENRLHF_NEXT_SETUP_HOOK"
 
@@ -36,71 +43,85 @@ NEXT_HOOK_ENV = "SAE_OPENRLHF_NEXT_SETUP_HOOK"
 last_args: argparse.Namespace | None = None
 
 
-def _probability(text: str) -> float:
-    x = _float(text)
-    if not 0.0 < x <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability in (0, 1] is needed; got {text}")
-    return x
-
-
-def _unit(text: str) -> float:
-    x = _float(text)
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"a number in [0, 1] is needed; got {text}")
-    return x
-
-
-def _float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number is needed; got {text!r}") from None
-    if x != x:
-        raise argparse.ArgumentTypeError("a number is needed; got nan")
-    return x
+def flag_options() -> dict[str, registry.Option]:
+    """name -> Option of every `--algo.advantage.sae.NAME` flag, read from the registry now: the
+    options of sae and vapo, critic_lam, then this adapter's own (logprobs)."""
+    options = translate.registry_options(ESTIMATORS, COMMON_OPTIONS)
+    options.update((o.name, o) for o in ADAPTER_OPTIONS)
+    return options
 
 
 def add_flags(parser: argparse.ArgumentParser) -> list[str]:
-    """Add the `--algo.advantage.sae.*` flags; returns their dests."""
-    group = parser.add_argument_group("sae-rl estimators (with --algo.advantage.estimator sae or vapo)")
-    flags = [
-        ("threshold", dict(type=_probability, help="sae: a token whose behaviour probability is below this starts "
-                                                   "a segment (default 0.2, the paper's)")),
-        ("lam", dict(type=_unit, help="sae: lambda at segment boundaries (default 0.95, the paper's; "
-                                      "--algo.advantage.lambd stays GAE's)")),
-        ("critic_lam", dict(type=_unit, help="lambda of decoupled critic targets (default: R = A + V)")),
-        ("boundary", dict(choices=("logprob", "fixed", "delimiter", "quantile"),
-                          help="sae's boundary rule (default logprob)")),
-        ("segment_length", dict(type=int, help="boundary rule fixed: segment length in valid tokens")),
-        ("delimiter_ids", dict(type=int, nargs="+", help="boundary rule delimiter: token ids that end a segment")),
-        ("quantile", dict(type=_unit, help="boundary rule quantile: the per-response quantile of log-probs")),
-        ("alpha", dict(type=float, help="vapo: alpha of lambda = 1 - 1 / (alpha * length) (default 0.05)")),
-        ("logprobs", dict(choices=("auto", "rollout_log_probs", "action_log_probs"),
-                          help="which log-probs mark boundaries (default auto: rollout_log_probs when present)")),
-    ]
+    """Add the `--algo.advantage.sae.*` flags (`flag_options`); returns their dests. Each flag's
+    value is checked as the registry checks the option (a number's range, a rule's name, ...)."""
+    group = parser.add_argument_group(f"sae-rl estimators (with {ESTIMATOR_FLAG} {' or '.join(ESTIMATORS)})")
     dests = []
-    for name, kwargs in flags:
-        group.add_argument(f"--{PREFIX}{name}", default=None, **kwargs)
+    for name, option in flag_options().items():
+        group.add_argument(f"--{PREFIX}{name}", default=None, help=_help(option), **_argparse(option))
         dests.append(PREFIX + name)
     return dests
 
 
+def _help(option: registry.Option) -> str:
+    text = option.help if option.default is None else f"{option.help} (default {option.default})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _argparse(option: registry.Option) -> dict:
+    """add_argument's type, choices and nargs for `option` (by its kind)."""
+    if option.kind == "rule":
+        return {"choices": tuple(registry.RULES)}
+    if option.kind == "choice":
+        return {"choices": option.choices}
+    if option.kind == "int_list":
+        return {"nargs": "+", "metavar": "ID", "action": _id_list(option)}
+
+    def convert(text: str):
+        try:
+            if option.kind == "float":
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise argparse.ArgumentTypeError(f"a number is needed; got {text!r}") from None
+                return option.check(value)
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.kind  # argparse names the type in some of its messages
+    return {"type": convert, "metavar": option.kind.upper()}
+
+
+def _id_list(option: registry.Option) -> type[argparse.Action]:
+    """An action taking `--flag 13 14`, `--flag 13,14` or `--flag [13,14]` as one checked id list."""
+
+    class IdList(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            text = " ".join(values) if values[0].lstrip().startswith("[") else ",".join(values)
+            try:
+                setattr(namespace, self.dest, option.parse(text))
+            except ValueError as exc:
+                raise argparse.ArgumentError(self, str(exc)) from None
+
+    return IdList
+
+
 def _finish(parser: argparse.ArgumentParser, ns: argparse.Namespace, dests: list[str]) -> argparse.Namespace:
-    """Hand sae runs to OpenRLHF as gae, and check our flags."""
+    """Hand sae runs to OpenRLHF as gae, and check our flags together: options the estimator does
+    not take, options that select different boundary rules, a rule whose data OpenRLHF lacks."""
     estimator = getattr(ns, "algo.advantage.estimator")
     given = [f"--{d}" for d in dests if getattr(ns, d) is not None]
     if estimator not in ESTIMATORS:
         if given:
-            parser.error(f"{', '.join(given)} take effect only with {ESTIMATOR_FLAG} sae or vapo "
-                         f"(here: {estimator})")
+            parser.error(f"{', '.join(given)} take effect only with {ESTIMATOR_FLAG} "
+                         f"{' or '.join(ESTIMATORS)} (here: {estimator})")
         setattr(ns, PREFIX + "estimator", None)
         return ns
     options = {d[len(PREFIX):]: getattr(ns, d) for d in dests if getattr(ns, d) is not None}
-    options.pop("logprobs", None)
-    from sae_core.estimators import estimator_params
-
     try:
-        estimator_params(estimator, **options, require_data=False)
+        kwargs = translate.estimator_kwargs(estimator, options, adapter=ADAPTER_NAMES, strict=True)
+        estimator_params(estimator, **kwargs)
+        translate.data_names(estimator, kwargs, SOURCES, framework=FRAMEWORK, setting=f"--{PREFIX}boundary")
     except (ValueError, TypeError) as exc:
         parser.error(f"{ESTIMATOR_FLAG} {estimator}: {exc}")
     setattr(ns, PREFIX + "estimator", estimator)
@@ -138,7 +159,8 @@ def with_setup_hook(runtime_env: dict | None) -> dict:
     previous = env.get("worker_process_setup_hook")
     if previous not in (None, SETUP_HOOK):
         if not isinstance(previous, str):
-            raise ValueError("sae_openrlhf chains only a worker_process_setup_hook given by name (module.function)")
+            raise ValueError("sae_openrlhf chains only a worker_process_setup_hook given by name "
+                             "(module.function)")
         env["env_vars"] = {**env.get("env_vars", {}), NEXT_HOOK_ENV: previous}
     env["worker_process_setup_hook"] = SETUP_HOOK
     return env
