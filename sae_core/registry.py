@@ -308,8 +308,9 @@ def make_spec(estimator: str, *, gamma: Any = 1.0, mask_mode: str = "skip", crit
         value = options.get(name, OPTIONS[name].default)
         if value is not None:
             fields[name] = OPTIONS[name].check(value)
+    own = {k: fields.pop(k) for k in list(fields) if k in EstimatorSpec.__dataclass_fields__}
     return EstimatorSpec(estimator=estimator, mask_mode=mask_mode, boundary=rule,
-                         lam=fields.pop("lam", PAPER_LAM), **fields)
+                         lam=own.pop("lam", PAPER_LAM), extra=tuple(sorted(fields.items())), **own)
 
 
 def needed_data(spec_or_estimator: EstimatorSpec | str, boundary: str | None = None) -> tuple[str, ...]:
@@ -341,12 +342,12 @@ def recorded_params(spec: EstimatorSpec) -> dict[str, Any]:
     for name in ESTIMATORS[spec.estimator].options:
         if name == "boundary" or (spec.boundary is not None and name in rule_options()):
             continue
-        out[name] = getattr(spec, name)
+        out[name] = spec.option(name)
     if spec.boundary is not None:
         out["boundary"] = spec.boundary
         option = RULES[spec.boundary].option
         if option is not None:
-            value = getattr(spec, option)
+            value = spec.option(option)
             out[option] = list(value) if isinstance(value, tuple) else value
     return out
 

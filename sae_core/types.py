@@ -58,6 +58,13 @@ class EstimatorSpec:
     delimiter_ids: tuple[int, ...] = ()
     quantile: float | None = None
     entropy_threshold: float | None = None
+    extra: tuple[tuple[str, Any], ...] = ()  # options without a field here: (name, value), sorted
+
+    def option(self, name: str) -> Any:
+        """The value of the option `name`, a field or one of `extra`."""
+        if name in self.__dataclass_fields__ and name != "extra":
+            return getattr(self, name)
+        return dict(self.extra)[name]
 
 
 @dataclass

@@ -190,22 +190,3 @@ def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # flags from the registry
-
-
-def test_recompute_flags_come_from_the_registry(monkeypatch):
-    """A boundary rule added to the registry, with its option, is a flag and an override of
-    `sae recompute` without an edit to the command line's code."""
-    from sae_core import registry
-
-    stride = registry.Option("stride", "int", "rule every: every k-th token", low=1, high=registry.INT64_MAX)
-    monkeypatch.setitem(registry.OPTIONS, "stride", stride)
-    monkeypatch.setitem(registry.RULES, "every", registry.Rule("every", "t % stride == 0", "stride", None))
-    sae = registry.ESTIMATORS["sae"]
-    monkeypatch.setitem(registry.ESTIMATORS, "sae",
-                        registry.Estimator(sae.name, sae.help, (*sae.options, "stride"), sae.segmental))
-    args = build_parser().parse_args(["recompute", "in", "out", "--stride", "3", "--boundary", "every",
-                                      "--estimator", "sae:stride=3"])
-    assert args.stride == 3 and args.boundary == "every"
-    assert registry.parse_run("sae:stride=3") == ("sae", {"stride": 3})
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["recompute", "in", "out", "--stride", "0"])
