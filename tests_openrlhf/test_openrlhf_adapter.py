@@ -283,7 +283,7 @@ def test_ray_workers_get_the_patch(tmp_path):
     code = (
         "import ray\n"
         "from sae_openrlhf.train_ppo_ray import with_setup_hook\n"
-        f"ray.init(num_cpus=1, include_dashboard=False, runtime_env=with_setup_hook({{'env_vars': "
+        f"ray.init(address='local', num_cpus=1, include_dashboard=False, runtime_env=with_setup_hook({{'env_vars': "
         f"{{'PYTHONPATH': {STUBS!r}}}}}))\n"
         "@ray.remote\n"
         "def probe():\n"
