@@ -5,7 +5,9 @@ that moving it is atomic), named `.NAME.tmp-PID-RANDOM` and created exclusively,
 process's usual permissions (not mkstemp's 0600, which the move would keep). When it is
 complete it becomes the target: `os.replace` when overwriting, else `os.link`, which fails
 rather than replace a file that appeared meanwhile. The temporary file is removed whatever
-fails. Nothing is fsync'ed: a crash of the machine (not of the process) can still lose the file.
+fails, or, when the process is killed, by the next job writing there (`temporary_owner` reads the
+target and the PID back from the name). Nothing is fsync'ed: a crash of the machine (not of the
+process) can still lose the file.
 
 Used by the trajectory writers (`sae_core.trajectory`) and the HTML report. Imports nothing from
 sae_core.
@@ -13,15 +15,26 @@ sae_core.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import uuid
 from pathlib import Path
+
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)-(?P<tag>[0-9a-f]{8})$")
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
     """A fresh name beside `path` for its temporary file: `.NAME.tmp-PID-RANDOM`."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def temporary_owner(path: str | os.PathLike) -> tuple[str, int] | None:
+    """(the target's name, the PID of the process that made it) for a name `temporary_path` makes,
+    else None (not one of ours)."""
+    m = TEMPORARY_NAME.match(Path(path).name)
+    return None if m is None else (m["name"], int(m["pid"]))
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -50,14 +63,18 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool 
 class AtomicPath:
     """A temporary path (`tmp`) beside `path`, to write to; `commit()` makes it `path`.
 
-    Opening refuses an existing `path` unless overwrite=True (FileExistsError) and creates missing
-    parent directories; nothing is created at `tmp` (the caller's writer does that). `commit()`
+    Opening refuses an existing `path` unless overwrite=True (FileExistsError), a directory at `path`
+    in any case (IsADirectoryError), and creates missing parent directories; nothing is created at
+    `tmp` (the caller's writer does that). `commit()`
     moves `tmp` to `path` (see `publish`), `discard()` drops it; both leave no temporary file. As
     a context manager: commit when the block ends normally, discard when it raises.
     """
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
+        if self.path.is_dir():  # os.replace would fail only after the whole file was written
+            raise IsADirectoryError(errno.EISDIR, "is a directory; give the path of a file to write",
+                                    str(self.path))
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.overwrite = overwrite
@@ -102,4 +119,5 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = F
     return target.path
 
 
-__all__ = ["AtomicPath", "publish", "temporary_path", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["AtomicPath", "TEMPORARY_NAME", "publish", "temporary_owner", "temporary_path", "write_bytes_atomic",
+           "write_text_atomic"]

@@ -64,3 +64,19 @@ def test_a_path_that_appears_while_writing_is_not_clobbered(tmp_path, monkeypatc
     other.tmp.write_bytes(b"mine")
     assert other.commit().read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "y"]
+
+
+def test_temporary_names_say_whose_they_are(tmp_path):
+    tmp = atomic.temporary_path(tmp_path / "shard-003.parquet")
+    assert atomic.temporary_owner(tmp) == ("shard-003.parquet", os.getpid())
+    assert atomic.temporary_owner(tmp.name) == ("shard-003.parquet", os.getpid())
+    for name in ("shard-003.parquet", ".x.tmp-12", ".x.tmp-12-zzzzzzzz", "x.tmp-12-0123abcd", ".x.part-12-0123abcd"):
+        assert atomic.temporary_owner(tmp_path / name) is None
+
+
+def test_a_directory_at_the_path_is_refused_before_writing(tmp_path):
+    (tmp_path / "out.html").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(IsADirectoryError, match="is a directory"):
+            atomic.write_text_atomic(tmp_path / "out.html", "x", overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.html"] and not any((tmp_path / "out.html").iterdir())

@@ -390,6 +390,8 @@ def test_non_finite_on_a_masked_token_is_not_an_error():
     t = small(5)  # row 1 token 1 is masked
     for name in ("values", "logprobs", "rewards", "entropy", "advantages"):
         col = lists([[0.5, 0.25], [1.0, np.nan, -1.0], [], [0.1], [0.2]])
+        if name == "logprobs":  # issue 16: a log-probability above 0 is refused now
+            col = lists([[-0.5, -0.25], [-1.0, np.nan, -1.0], [], [-0.1], [-0.2]])
         u = t.drop_columns([name]) if name in t.schema.names else t
         tj.validate(u.append_column(name, col))
 
@@ -442,12 +444,13 @@ def test_errors_in_later_batches_count_rows_from_the_start_of_the_file(tmp_path,
         tj.validate_file(path, batch_size=3)
     with pytest.raises(tj.TrajectoryError, match=f"row 13: {message}"):
         tj.read_table(path)
-    if kind == "nan":  # iter_batches checks each batch (ids are checked across the file by validate_file)
-        seen = 0
-        with pytest.raises(tj.TrajectoryError, match="column 'values', row 13: token 0 is nan"):
-            for b in tj.iter_batches(path, batch_size=3):
-                seen += b.num_rows
-        assert seen == 12
+    # iter_batches checks each batch before yielding it, ids across batches too (issue 16: it used to
+    # check ids only within a batch, so a repeat in a later batch passed)
+    seen = 0
+    with pytest.raises(tj.TrajectoryError, match=f"column '{column}', row 13: {message}"):
+        for b in tj.iter_batches(path, batch_size=3):
+            seen += b.num_rows
+    assert seen == 12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,3 +691,355 @@ def test_to_ragged_checks_the_lengths_of_columns_the_standard_does_not_name():
         tj.to_ragged(t, ["values", "kl"])
     good = small(4).append_column("kl", pa.array([[0.1, 0.2], [0.3, 0, 0], [], [0.4]], pa.large_list(pa.float32())))
     assert tj.to_ragged(good, ["values", "kl"]).tokens["kl"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0, 0, 0.4])
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 16: one validation everywhere, ids across files, corruption, odd files, metadata kept
+
+
+def write_in_groups(table, path, rows=2):
+    """`table` as written by a producer that does not validate, in row groups / batches of `rows`."""
+    with tj.TrajectoryWriter(path, table.schema, row_group_rows=rows) as w:
+        for b in table.to_batches(max_chunksize=rows):
+            w.write(b)
+    return path
+
+
+def verdicts(path):
+    """(column, row) of the first problem each reader reports, or None when it passes."""
+    def first(fn):
+        try:
+            fn()
+        except tj.TrajectoryError as exc:
+            return exc.problems[0].column, exc.problems[0].row
+        return None
+    return {"validate_file": first(lambda: tj.validate_file(path, batch_size=2)),
+            "read_table": first(lambda: tj.read_table(path)),
+            "iter_batches": first(lambda: list(tj.iter_batches(path, batch_size=2))),
+            "iter_batches(values)": first(lambda: list(tj.iter_batches(path, batch_size=3, columns=["values"]))),
+            "read_table(values)": first(lambda: tj.read_table(path, columns=["values"]))}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("change, column, row", [
+    ({}, None, None),
+    ({"trajectory_id": ["a", "b", "c", "d", "b"]}, "trajectory_id", 4),  # across batches
+    ({"trajectory_id": ["a", "b", "c", None, "e"]}, "trajectory_id", 3),
+    ({"trajectory_id": pa.array([1, 2, 3, 4, 1], pa.int64())}, "trajectory_id", 4),
+    ({"logprobs": lists([[-0.1, -3.0], [-2.5, -0.5, -0.25], [], [-1.0], [0.5]])}, "logprobs", 4),
+    ({"logprobs": lists([[-0.1, -3.0], [-2.5, -0.5, -0.25], [], [-1.0], [np.nan]])}, "logprobs", 4),
+    ({"rewards": lists([[0.0, 0.0], [0.0, 0.0, 0.0], [], [0.0], [np.inf]])}, "rewards", 4),
+    ({"reward": pa.array([1.0, 0.0, 2.0, 1.0, None], pa.float32())}, "reward", 4),
+])
+def test_every_reader_gives_the_verdict_of_validate_file(tmp_path, fmt, change, column, row):
+    t = small(5)
+    for name, col in change.items():
+        col = pa.array(col) if isinstance(col, list) else col
+        t = (t.set_column(t.schema.get_field_index(name), name, col) if name in t.schema.names
+             else t.append_column(name, col))
+    path = write_in_groups(t, tmp_path / f"x{FORMATS[fmt]}")
+    want = None if column is None else (column, row)
+    assert verdicts(path) == dict.fromkeys(verdicts(path), want)
+    try:
+        tj.validate(t)
+        assert want is None
+    except tj.TrajectoryError as exc:
+        assert (exc.problems[0].column, exc.problems[0].row) == want
+
+
+def test_validate_false_reads_only_the_columns_asked_for(tmp_path):
+    path = write_in_groups(small(5, trajectory_id=["a", "b", "c", "d", "a"]), tmp_path / "x.parquet")
+    got = list(tj.iter_batches(path, batch_size=2, columns=["values"], validate=False))
+    assert [b.schema.names for b in got] == [["values"]] * 3
+    assert tj.read_table(path, columns=["values"], validate=False).num_rows == 5
+    with pytest.raises(tj.TrajectoryError, match="column 'kl': missing: it was asked for"):
+        list(tj.iter_batches(path, columns=["kl"]))
+    with pytest.raises(tj.TrajectoryError, match="column 'kl': missing: it was asked for"):
+        tj.read_table(path, columns=["values", "kl"], validate=False)
+
+
+def test_logprobs_above_zero_only_on_valid_tokens():
+    t = small(5)
+    ok = t.set_column(t.schema.get_field_index("logprobs"), "logprobs",
+                      lists([[0.0, -3.0], [-2.5, 7.0, -0.25], [], [-1.0], [-0.0]]))  # row 1 token 1 is masked
+    tj.validate(ok)
+    bad = t.set_column(t.schema.get_field_index("logprobs"), "logprobs",
+                       lists([[-0.1, -3.0], [-2.5, -0.5, 1e-6], [], [-1.0], [-1.0]]))
+    with pytest.raises(tj.TrajectoryError, match=r"column 'logprobs', row 1: token 2 is 1e-06 .*at most 0"):
+        tj.validate(bad)
+
+
+def test_ids_across_the_files_of_a_job(tmp_path):
+    a = write_in_groups(small(5), tmp_path / "a.parquet")
+    b = write_in_groups(small(5, trajectory_id=["u0", "u1", "u2", "t3", "u4"]), tmp_path / "b.arrow")
+    c = write_in_groups(small(3, trajectory_id=["v0", "u1", "v2"]), tmp_path / "c.parquet")
+    seen = tj.SeenIds()
+    assert tj.validate_file(a, seen=seen).rows == 5 and len(seen) == 5
+    for fn in (lambda p: tj.validate_file(p, seen=seen), lambda p: tj.read_table(p, seen=seen),
+               lambda p: list(tj.iter_batches(p, batch_size=2, seen=seen)),
+               lambda p: list(tj.iter_batches(p, columns=["values"], seen=seen))):
+        with pytest.raises(tj.TrajectoryError, match=rf"{b}: column 'trajectory_id', row 3: duplicate of row 3 "
+                                                     rf"of {a} \('t3'\)$"):
+            fn(b)
+    assert len(seen) == 5  # a refused file adds nothing: c's u1 is new
+    tj.validate_file(c, seen=seen)
+    assert len(seen) == 8
+    with pytest.raises(tj.TrajectoryError, match=rf"row 0: duplicate of row 0 of {a}"):
+        list(tj.iter_batches(a, seen=seen))  # the same file twice in one job
+    resumed = tj.SeenIds()  # a resumed job adds the ids of the shards it skips
+    resumed.add_file(c)
+    with pytest.raises(tj.TrajectoryError, match=rf"{b}: column 'trajectory_id', row 1: duplicate of row 1 of {c}"):
+        resumed.add_file(b)
+    assert len(resumed) == 3
+    without = tj.SeenIds()  # a file read through without problems but not to its end adds nothing
+    next(iter(tj.iter_batches(a, batch_size=2, seen=without)))
+    assert len(without) == 0
+    ints = write_in_groups(small(3, trajectory_id=pa.array([7, 8, 9])), tmp_path / "i.parquet")
+    strs = write_in_groups(small(3, trajectory_id=["7", "8", "9"]), tmp_path / "s.parquet")
+    mixed = tj.SeenIds()
+    tj.validate_file(ints, seen=mixed)
+    tj.validate_file(strs, seen=mixed)  # the integer 7 and the string "7" are different ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "e", "f", "é", ""])),
+                         max_size=6), max_size=5), st.booleans())
+def test_id_index_finds_the_first_repeat_exactly_even_when_hashes_collide(batches, collide):
+    from sae_core.trajectory import ids as ids_module
+    saved = ids_module._string_key
+    if collide:  # every string gets one of two keys: matches must be confirmed on the values
+        ids_module._string_key = lambda s: len(s) % 2
+    try:
+        index = ids_module.IdIndex()
+        history = []
+        for batch in batches:
+            got = index.first_repeat(pa.array(batch, pa.string()))
+            want = None
+            for i, v in enumerate(batch):
+                if v is None:
+                    continue
+                earlier = [k for k, h in enumerate(history) if h == v]
+                inside = [k for k in range(i) if batch[k] == v]
+                if earlier or inside:
+                    want = (i, (None, earlier[0]) if earlier else ("batch", inside[0]))
+                    break
+            if want is None:
+                assert got is None
+            else:
+                row, hit = got
+                assert row == want[0] and hit.value == batch[row]
+                assert (hit.source, hit.row) == ((None, want[1][1]) if want[1][0] == "batch" else ("x", want[1][1]))
+            index.add(pa.array(batch, pa.string()), source="x", first_row=len(history))
+            history += batch
+    finally:
+        ids_module._string_key = saved
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_repeated_column_names_are_trajectory_errors_everywhere(tmp_path, fmt):
+    t = small(3)
+    dup = pa.Table.from_arrays([*t.columns, t.column("values")], names=[*t.schema.names, "values"],
+                               metadata=t.schema.metadata)
+    path = tmp_path / f"dup{FORMATS[fmt]}"
+    if fmt == "parquet":
+        pq.write_table(dup, path)
+    else:
+        with ipc.new_file(path, dup.schema) as w:
+            w.write_table(dup)
+    readers = (tj.read_schema, tj.count_rows, tj.validate_file, tj.read_table, lambda p: list(tj.iter_batches(p)),
+               lambda p: list(tj.iter_batches(p, columns=["values"], validate=False)), tj.SeenIds().add_file)
+    for fn in readers:
+        with pytest.raises(tj.TrajectoryError, match=rf"^{path}: column 'values': appears 2 times"):
+            fn(path)
+    for fn in (tj.validate, lambda x: tj.compute(x, estimator="gae")):
+        with pytest.raises(tj.TrajectoryError, match="column 'values': appears 2 times"):
+            fn(dup)
+
+
+def test_compute_refuses_outputs_that_overflow_float32():
+    t = pa.table({"trajectory_id": ["a", "b", "c"], "response_ids": lists([[1], [2, 3], [4, 5]], pa.int32()),
+                  "response_mask": lists([[1], [1, 1], [0, 1]], pa.int8()),
+                  "values": lists([[0.0], [0.0, 0.0], [0.0, 0.0]]),
+                  "rewards": lists([[1.0], [3e38, 3e38], [0.0, 1.0]])}).replace_schema_metadata(meta())
+    tj.validate(t)  # the inputs are finite
+    with pytest.raises(tj.TrajectoryError, match=r"column 'advantages_gae', row 41: token 0 is inf .*float32"):
+        tj.compute(t, estimator="gae", gamma=1.0, lam=1.0, suffix="_gae", first_row=40)
+    with pytest.raises(tj.TrajectoryError, match=r"column 'advantages', row 1: token 0 is inf"):
+        tj.compute(t, estimator="mc")
+    # a masked token may overflow (zero mode makes it a step with r = 0, skip mode ignores it)
+    masked = t.set_column(4, "rewards", lists([[1.0], [1.0, 2.0], [3e38, 1.0]]))
+    for mode in ("skip", "zero"):
+        tj.compute(masked, estimator="mc", mask_mode=mode)
+
+
+def flip_in_page(path, column, row_group=1):
+    """Flip 16 bytes in the middle of `column`'s data in a row group; returns the bytes before."""
+    md = pq.ParquetFile(path).metadata
+    (k,) = [k for k in range(md.num_columns) if md.row_group(row_group).column(k).path_in_schema.split(".")[0]
+            == column]
+    cc = md.row_group(row_group).column(k)
+    start = cc.dictionary_page_offset or cc.data_page_offset
+    data = bytearray(path.read_bytes())
+    mid = start + cc.total_compressed_size // 2
+    for i in range(16):
+        data[mid + i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("column", ["logprobs", "values", "response_ids", "trajectory_id"])
+def test_a_flipped_page_is_an_error_naming_file_and_column(tmp_path, column):
+    rng = np.random.default_rng(0)
+    n = 400
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 40, n))])
+    t = tj.from_ragged(offsets, {"response_ids": rng.integers(0, 1000, offsets[-1], dtype=np.int32),
+                                 "values": rng.random(offsets[-1]).astype(np.float32),
+                                 "logprobs": -rng.random(offsets[-1]).astype(np.float32)},
+                       {"trajectory_id": [f"id{i}" for i in range(n)], "reward": np.ones(n, np.float32)})
+    path = tj.write_table(t, tmp_path / "x.parquet", row_group_rows=100)
+    flip_in_page(path, column, row_group=2)
+    before = path.read_bytes()
+    for fn in (tj.validate_file, tj.read_table, lambda p: list(tj.iter_batches(p, batch_size=64)),
+               lambda p: list(tj.iter_batches(p, columns=[column], validate=False)),
+               lambda p: tj.compute(tj.read_table(p), estimator="sae")):
+        with pytest.raises(tj.TrajectoryError, match=rf"^{path}: column '{column}': page checksum mismatch in row "
+                                                     r"group 2 \(rows 200 to 299\)") as exc:
+            fn(path)
+        assert exc.value.problems[0].column == column
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_file_that_is_not_regular_is_refused_without_blocking(tmp_path, kind):
+    import threading
+    path = tmp_path / "x.parquet"
+    unknown = tmp_path / "x.data"  # no suffix to go by: file_format must not open it either
+    for p in (path, unknown):
+        os.mkfifo(p) if kind == "fifo" else p.mkdir()
+    errors = []
+
+    def read():
+        for p in (path, unknown):
+            for fn in (tj.read_schema, tj.validate_file, lambda q: list(tj.iter_batches(q)), tj.read_table):
+                try:
+                    fn(p)
+                except tj.TrajectoryError as exc:
+                    errors.append(str(exc))
+        assert tj.file_format(unknown) == "parquet"
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive() and kind == "fifo":  # unblock the reader before failing
+        for p in (path, unknown):
+            try:
+                os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+    assert not worker.is_alive(), "a reader blocked"
+    word = "a FIFO (named pipe)" if kind == "fifo" else "a directory"
+    assert len(errors) == 8 and all(e.endswith(f"is {word}, not a regular file: a trajectory file is a Parquet "
+                                               "or Arrow IPC file") for e in errors)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("where", ["open", "write", "close", "close and cleanup"])
+def test_a_writer_that_fails_anywhere_leaves_no_temporary(tmp_path, monkeypatch, fmt, where):
+    import errno
+    t = small(5)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fmt == "parquet":
+        real = pq.ParquetWriter
+
+        class Failing(real):
+            def __init__(self, where_, *args, **kwargs):
+                super().__init__(where_, *args, **kwargs)  # the file exists now
+                if where == "open":
+                    full()
+
+            def write_table(self, *args, **kwargs):
+                if where == "write":
+                    full()
+                super().write_table(*args, **kwargs)
+
+            def close(self):
+                super().close()
+                if where.startswith("close"):
+                    full()
+        monkeypatch.setattr(pq, "ParquetWriter", Failing)
+    else:
+        real_new, real_file = ipc.new_file, pa.OSFile
+
+        class Sink:  # pa.OSFile whose close fails after closing
+            def __init__(self, path, mode):
+                self.f = real_file(path, mode)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def close(self):
+                self.f.close()
+                if where.startswith("close") or where == "open":
+                    full()
+
+        def new_file(sink, schema):
+            if where == "open":
+                full()
+            w = real_new(sink.f, schema)
+            if where == "write":
+                w.write = full
+            return w
+        monkeypatch.setattr(pa, "OSFile", Sink)
+        monkeypatch.setattr(ipc, "new_file", new_file)
+    with pytest.raises(OSError, match="No space left"):
+        with tj.TrajectoryWriter(tmp_path / f"x{FORMATS[fmt]}", t.schema) as w:
+            w.write(t)
+            if where == "close and cleanup":
+                w.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_newer_minor_version_keeps_its_version_and_unknown_keys(tmp_path):
+    doc = {"spec_version": "1.5", "producer": "sae-rl 9", "estimators": {}, "future": {"k": [1, 2]}, "note": "x"}
+    t = small(5).replace_schema_metadata({b"sae_rl": json.dumps(doc).encode(), b"other": b"kept"})
+    with pytest.warns(tj.TrajectoryWarning, match="1.5, newer"):
+        out = tj.compute(t, estimator="gae", suffix="_gae")
+        path = tj.write_table(out, tmp_path / "x.parquet")
+        tj.write_table(tj.compute(tj.read_table(path), estimator="mc"), tmp_path / "y.arrow")
+        back = tj.read_schema(tmp_path / "y.arrow")
+    got = json.loads(back.metadata[b"sae_rl"])
+    assert (got["spec_version"], got["future"], got["note"]) == ("1.5", {"k": [1, 2]}, "x")
+    assert set(got["estimators"]) == {"advantages_gae", "advantages"} and back.metadata[b"other"] == b"kept"
+    ours = json.loads(tj.compute(small(3), estimator="gae").schema.metadata[b"sae_rl"])
+    assert ours["spec_version"] == tj.SPEC_VERSION
+
+
+@pytest.mark.parametrize("params, why", [
+    ({"estimator": "sae", "boundary": "logprob", "threshold": 0.0}, r"threshold is a probability in \(0, 1\]"),
+    ({"estimator": "sae", "boundary": "logprob", "threshold": -1}, "threshold"),
+    ({"estimator": "gae", "lam": 1.5}, "lam"),
+    ({"estimator": "sae", "boundary": "fixed", "segment_length": 0}, "segment_length"),
+])
+def test_invalid_recorded_parameters_are_reported_and_ignored(tmp_path, params, why):
+    t = small(3).replace_schema_metadata(meta(advantages=params, advantages_gae={"estimator": "gae", "lam": 0.9}))
+    path = tj.write_table(t, tmp_path / "x.parquet")
+    with pytest.warns(tj.TrajectoryWarning, match=rf"{path}: .*invalid parameters for 'advantages' \({why}"):
+        summary = tj.validate_file(path)  # the data is fine: the file passes, that entry is left out
+    assert set(summary.info.estimators) == {"advantages_gae"} and list(summary.info.invalid) == ["advantages"]
+    assert summary.line().endswith("outputs advantages_gae=gae, advantages=? (invalid parameters recorded)")
+
+
+def test_parameters_this_version_does_not_know_are_not_judged():
+    future = {"estimator": "sae", "boundary": "a_new_rule", "mask_mode": "new_mode", "new_option": -5}
+    info = tj.read_info(small(3).schema.with_metadata(meta(advantages=future)))
+    assert info.estimators == {"advantages": future} and info.invalid == {}
+
+
+def test_null_and_repeated_ids_are_both_listed(tmp_path):
+    path = write_in_groups(small(5, trajectory_id=["a", None, "c", "d", "a"]), tmp_path / "x.parquet")
+    with pytest.raises(tj.TrajectoryError) as exc:
+        tj.validate_file(path, batch_size=2)
+    assert [(p.column, p.row, p.message) for p in exc.value.problems] == [
+        ("trajectory_id", 1, "null"), ("trajectory_id", 4, "duplicate of row 0 ('a')")]

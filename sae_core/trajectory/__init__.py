@@ -14,34 +14,29 @@ The modules, lowest first (each imports only those before it):
     lists       Arrow list-array helpers (offsets, lengths, the child of a slice)
     metadata    SPEC_VERSION, METADATA_KEY, Info, read_info, with_estimators
     columns     Column, COLUMNS, column_for, schema, spec_document, needed_columns
-    validation  schema_problems, batch_problems, validate
+    ids         IdIndex: trajectory ids seen so far (exact, compact)
+    validation  schema_problems, batch_problems, FileCheck (the one validation), validate
     layouts     Ragged, to_ragged / from_ragged, to_padded / from_padded, place_reward
-    io          file_format, read_table, iter_batches, read_schema, count_rows, validate_file,
-                write_table, TrajectoryWriter (atomic, via sae_core.atomic)
-    compute     compute, boundary_rule, estimator_kwargs
+    reader      file_format, Reader (regular files only; Parquet page checksums verified)
+    io          read_table, iter_batches, read_schema, count_rows, validate_file, SeenIds
+    writers     write_table, TrajectoryWriter (atomic, via sae_core.atomic; Parquet page checksums)
+    estimate    compute, boundary_rule, estimator_kwargs
 """
 
 from .columns import COLUMN, COLUMNS, OUTPUT_NAMES, Column, column_for, needed_columns, schema, spec_document
 from .estimate import boundary_rule, compute, estimator_kwargs
 from .errors import Problem, TrajectoryError, TrajectoryWarning
-from .io import (
-    Summary,
-    TrajectoryWriter,
-    count_rows,
-    file_format,
-    iter_batches,
-    read_schema,
-    read_table,
-    validate_file,
-    write_table,
-)
+from .io import SeenIds, Summary, count_rows, iter_batches, read_schema, read_table, validate_file
 from .layouts import Ragged, from_padded, from_ragged, place_reward, to_padded, to_ragged
 from .metadata import METADATA_KEY, READABLE_MAJOR, SPEC_VERSION, Info, read_info, with_estimators
+from .reader import file_format
 from .validation import batch_problems, schema_problems, validate
+from .writers import TrajectoryWriter, write_table
 
 __all__ = [
     "COLUMN", "COLUMNS", "Column", "Info", "METADATA_KEY", "OUTPUT_NAMES", "Problem", "READABLE_MAJOR",
-    "Ragged", "SPEC_VERSION", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter", "batch_problems",
+    "Ragged", "SPEC_VERSION", "SeenIds", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter",
+    "batch_problems",
     "boundary_rule", "column_for", "compute", "count_rows", "estimator_kwargs", "file_format", "from_padded",
     "from_ragged", "iter_batches", "needed_columns", "place_reward", "read_info", "read_schema", "read_table",
     "schema", "schema_problems", "spec_document", "to_padded", "to_ragged", "validate", "validate_file",

@@ -21,7 +21,7 @@ from .columns import needed_columns
 from .errors import TrajectoryError
 from .layouts import to_ragged
 from .metadata import with_estimators
-from .validation import schema_problems
+from .validation import schema_problems, token_float_problem
 
 
 def boundary_rule(estimator: str, params: Mapping[str, Any]) -> str | None:
@@ -32,7 +32,7 @@ def boundary_rule(estimator: str, params: Mapping[str, Any]) -> str | None:
 
 
 def compute(batch: pa.RecordBatch | pa.Table, *, estimator: str, suffix: str = "", backend: str = "auto",
-            **params: Any) -> pa.RecordBatch | pa.Table:
+            first_row: int = 0, **params: Any) -> pa.RecordBatch | pa.Table:
     """Run an estimator on a batch and append (or replace) its outputs.
 
     Adds `advantages{suffix}`, `returns{suffix}` (large_list<float32>) and `boundaries{suffix}`
@@ -42,14 +42,20 @@ def compute(batch: pa.RecordBatch | pa.Table, *, estimator: str, suffix: str = "
     params: the scalar keyword arguments of `compute_advantages` (gamma, mask_mode, critic_lam and
     the estimator's options); per-token rule data (`logprobs`, `entropy`, `response_ids`, the given
     `boundaries`) comes from the table's columns, and passing it here is a TypeError.
+
+    Outputs that are not finite on a valid token (inputs near float32's limit overflow it) raise
+    TrajectoryError naming the output column and the row, numbered from `first_row` (the batch's
+    first row in its file), and nothing is returned.
     """
     data_given = sorted(set(params) & set(registry.DATA))
     if data_given:
         raise TypeError("compute reads per-token data from the table's columns; got "
                         + ", ".join(f"{name}=" for name in data_given))
     if isinstance(batch, pa.Table):
-        out = [compute(b, estimator=estimator, suffix=suffix, backend=backend, **params)
-               for b in batch.to_batches()]
+        out, row = [], first_row
+        for b in batch.to_batches():
+            out.append(compute(b, estimator=estimator, suffix=suffix, backend=backend, first_row=row, **params))
+            row += b.num_rows
         if not out:
             empty = compute(pa.RecordBatch.from_pylist([], schema=batch.schema), estimator=estimator,
                             suffix=suffix, backend=backend, **params)
@@ -76,6 +82,12 @@ def compute(batch: pa.RecordBatch | pa.Table, *, estimator: str, suffix: str = "
     new = {f"advantages{suffix}": as_list(result.advantages, np.float32),
            f"returns{suffix}": as_list(result.returns, np.float32),
            f"boundaries{suffix}": as_list(result.boundaries, bool)}
+    valid = None if t.get("response_mask") is None else np.asarray(t["response_mask"]) != 0
+    problems = [p for name in (f"advantages{suffix}", f"returns{suffix}")
+                if (p := token_float_problem(name, new[name], valid, first_row)) is not None]
+    if problems:  # as written: float32, whatever precision the estimator ran in
+        raise TrajectoryError([type(p)(p.column, p.row, p.message + ": the output is not finite in float32 "
+                                       "(inputs near its limit, about 3.4e38?)") for p in problems])
     # other columns keep their fields (nullability, field metadata); replaced outputs keep their place
     fields = [pa.field(f.name, new[f.name].type) if f.name in new else f for f in batch.schema]
     fields += [pa.field(n, a.type) for n, a in new.items() if n not in batch.schema.names]

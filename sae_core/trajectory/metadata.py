@@ -1,7 +1,9 @@
 """The schema metadata of the standard: one JSON document under the key `sae_rl`.
 
 It records the standard's version, the producer and, for each output set, the parameters of the
-estimator that produced it ({advantages column name: registry.recorded_params}).
+estimator that produced it ({advantages column name: registry.recorded_params}). Adding output sets
+(`with_estimators`) keeps the document's other keys and a newer minor version as they are: a file of
+a later 1.x keeps what this version does not know.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .. import registry
 from ..version import __version__
 
 from .errors import TrajectoryError, TrajectoryWarning
@@ -31,13 +34,47 @@ class Info:
     estimators: dict[str, dict[str, Any]] = field(default_factory=dict)
     producer: str | None = None
     has_metadata: bool = True
+    invalid: dict[str, str] = field(default_factory=dict)  # {advantages column: why its parameters are refused}
 
 
-def metadata_bytes(estimators: Mapping[str, Mapping[str, Any]]) -> dict[bytes, bytes]:
-    """The schema metadata entry recording `estimators` ({advantages column: parameters})."""
-    doc = {"spec_version": SPEC_VERSION, "producer": f"sae-rl {__version__}",
-           "estimators": {k: dict(v) for k, v in estimators.items()}}
+def metadata_bytes(estimators: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any] | None = None
+                   ) -> dict[bytes, bytes]:
+    """The schema metadata entry recording `estimators` ({advantages column: parameters}).
+
+    base: a metadata document already there; its other keys are kept, and its spec_version when
+    that is a newer minor version of the same major (this sae-rl then wrote only what 1.0 defines).
+    """
+    doc = dict(base or {})
+    version = SPEC_VERSION
+    old = _version(doc.get("spec_version"))
+    if old is not None and old[0] == READABLE_MAJOR and old > _version(SPEC_VERSION):
+        version = str(doc["spec_version"])
+    doc.update({"spec_version": version, "producer": f"sae-rl {__version__}",
+                "estimators": {k: dict(v) for k, v in estimators.items()}})
     return {METADATA_KEY.encode(): json.dumps(doc, sort_keys=True).encode()}
+
+
+def _version(text: Any) -> tuple[int, int] | None:
+    try:
+        major, minor = (int(x) for x in str(text).split("."))
+    except ValueError:
+        return None
+    return major, minor
+
+
+def parameter_problem(params: Mapping[str, Any]) -> str | None:
+    """Why recorded parameters cannot be right, or None: a known numeric option out of its range
+    (threshold <= 0, lam > 1, ...). Names and choices this version does not know are not judged:
+    a later minor version may add them."""
+    for name, value in params.items():
+        option = registry.OPTIONS.get(name) or registry.COMMON.get(name)
+        if option is None or value is None or option.kind not in ("float", "int", "int_list"):
+            continue
+        try:
+            option.check(value)
+        except (ValueError, TypeError) as exc:
+            return str(exc)
+    return None
 
 
 def read_info(sch: pa.Schema, source: str | None = None) -> Info:
@@ -70,22 +107,31 @@ def read_info(sch: pa.Schema, source: str | None = None) -> Info:
     if minor > current_minor:
         warnings.warn(f"{where}written with trajectory spec {version}, newer than {SPEC_VERSION}; columns this "
                       "version does not know are kept as they are", TrajectoryWarning, stacklevel=3)
-    return Info(version, estimators, doc.get("producer"))
+    invalid = {name: why for name, params in estimators.items() if (why := parameter_problem(params))}
+    for name, why in invalid.items():
+        warnings.warn(f"{where}the {METADATA_KEY!r} metadata records invalid parameters for {name!r} ({why}); "
+                      "that entry is ignored", TrajectoryWarning, stacklevel=3)
+    return Info(version, {k: v for k, v in estimators.items() if k not in invalid}, doc.get("producer"),
+                invalid=invalid)
 
 
 def with_estimators(sch: pa.Schema, estimators: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
-    """`sch` with its metadata recording `estimators` (merged over what it records already)."""
+    """`sch` with its metadata recording `estimators` (merged over what it records already); the
+    document's other keys and a newer minor spec_version are kept."""
     meta = dict(sch.metadata or {})
-    old: dict[str, Any] = {}
+    doc: dict[str, Any] = {}
     raw = meta.get(METADATA_KEY.encode())
     if raw is not None:
         try:
-            old = json.loads(raw).get("estimators") or {}
-        except (ValueError, AttributeError):
-            old = {}
-    meta.update(metadata_bytes({**old, **estimators}))
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        doc = doc if isinstance(doc, dict) else {}
+    old = doc.get("estimators")
+    old = old if isinstance(old, dict) else {}
+    meta.update(metadata_bytes({**old, **estimators}, base=doc))
     return sch.with_metadata(meta)
 
 
-__all__ = ["Info", "METADATA_KEY", "READABLE_MAJOR", "SPEC_VERSION", "metadata_bytes", "read_info",
-           "with_estimators"]
+__all__ = ["Info", "METADATA_KEY", "READABLE_MAJOR", "SPEC_VERSION", "metadata_bytes", "parameter_problem",
+           "read_info", "with_estimators"]

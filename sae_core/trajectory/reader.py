@@ -1,0 +1,150 @@
+"""Opening a trajectory file: its format, its schema, its record batches, every failure a TrajectoryError.
+
+Only regular files are opened (a FIFO or a device named x.parquet would block or never end). Parquet
+pages are read with their CRC checked where the writer stored one (sae-rl's writers always do); a
+mismatch, or any page that fails to decode, is reported with the column and row group it is in.
+Arrow IPC files have no checksums: their batches are validated structurally (`validate(full=True)`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import ipc
+
+from .errors import Problem, TrajectoryError
+from .validation import duplicate_names
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+IPC_SUFFIXES = (".arrow", ".ipc", ".feather", ".arrows")
+_READ_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """"parquet" or "ipc", from the suffix, else from the first bytes of an existing regular file."""
+    p = Path(path)
+    if p.suffix.lower() in PARQUET_SUFFIXES:
+        return "parquet"
+    if p.suffix.lower() in IPC_SUFFIXES:
+        return "ipc"
+    try:
+        if not stat.S_ISREG(os.stat(p).st_mode):  # opening a FIFO would wait for a writer
+            return "parquet"
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return "parquet"
+    return "parquet" if head[:4] == b"PAR1" else "ipc"
+
+
+def check_regular(path: str) -> None:
+    """Raise TrajectoryError unless `path` is an existing regular file (symbolic links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise TrajectoryError("no such file", path) from None
+    except OSError as exc:
+        raise TrajectoryError(f"cannot read: {exc.strerror or exc}", path) from None
+    if not stat.S_ISREG(mode):
+        kind = next((word for test, word in _KINDS if test(mode)), "not a regular file")
+        raise TrajectoryError(f"is {kind}, not a regular file: a trajectory file is a Parquet or Arrow IPC file",
+                              path)
+
+
+class Reader:
+    """One open file: its schema, row count and record batches, with errors as TrajectoryError."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        check_regular(self.path)
+        self.format = file_format(path)
+        try:
+            if self.format == "parquet":
+                self._pq = pq.ParquetFile(self.path, memory_map=True, page_checksum_verification=True)
+                self.schema = self._pq.schema_arrow
+                self.num_rows = self._pq.metadata.num_rows
+            else:
+                source = pa.memory_map(self.path)
+                if source.read(6) == b"ARROW1":  # the file format (magic, ..., footer, magic)
+                    source.seek(0)
+                    self._ipc = ipc.open_file(source)
+                    self.num_rows = sum(self._ipc.get_record_batch(i).num_rows
+                                        for i in range(self._ipc.num_record_batches))
+                else:  # the stream format, as HF datasets caches tables
+                    source.seek(0)
+                    self._ipc = ipc.open_stream(source)
+                    self.num_rows = None
+                self.schema = self._ipc.schema
+            _ = self.schema.names  # decoded here: corruption can leave names that are not UTF-8
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from None
+        problems = duplicate_names(self.schema)
+        if problems:  # selecting or finding such a column by name would fail (KeyError) further on
+            raise TrajectoryError(problems, self.path)
+
+    def _kind(self) -> str:
+        return "Parquet" if self.format == "parquet" else "Arrow IPC"
+
+    def _unreadable(self, exc: BaseException) -> TrajectoryError:
+        return TrajectoryError(f"not a readable {self._kind()} file (truncated or corrupted?): {exc}", self.path)
+
+    def batches(self, batch_size: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+        """Record batches of at most `batch_size` rows of `columns` (None: all)."""
+        done = 0
+        try:
+            if self.format == "parquet":
+                for b in self._pq.iter_batches(batch_size=batch_size, columns=columns):
+                    done += b.num_rows
+                    yield b
+            else:
+                if isinstance(self._ipc, ipc.RecordBatchFileReader):
+                    stream = (self._ipc.get_record_batch(i) for i in range(self._ipc.num_record_batches))
+                else:
+                    stream = self._ipc
+                for b in stream:
+                    # IPC readers trust the file's offsets: a corrupted one would crash Arrow's kernels
+                    b.validate(full=True)
+                    yield from _split(b.select(columns) if columns else b, batch_size)
+        except _READ_ERRORS as exc:
+            bad = self._bad_page(done, columns) if self.format == "parquet" else None
+            raise (bad or self._unreadable(exc)) from None
+
+    def _bad_page(self, first_row: int, columns: list[str] | None) -> TrajectoryError | None:
+        """The column and row group of a Parquet page that fails to read (a checksum mismatch,
+        a page that does not decode), searched from the row group holding `first_row` on."""
+        try:
+            pf = pq.ParquetFile(self.path, memory_map=True, page_checksum_verification=True)
+            meta = pf.metadata
+            names = columns if columns is not None else self.schema.names
+            start = 0
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                if start + rows > first_row or g == meta.num_row_groups - 1:
+                    for name in names:
+                        try:
+                            pf.read_row_group(g, columns=[name])
+                        except _READ_ERRORS as exc:
+                            what = ("page checksum mismatch" if "checksum" in str(exc).lower()
+                                    else f"a page that does not decode ({exc})")
+                            where = f"row group {g} (rows {start} to {start + rows - 1})"
+                            problem = Problem(name, None, f"{what} in {where}: the file is corrupted")
+                            return TrajectoryError([problem], self.path)
+                start += rows
+        except _READ_ERRORS:
+            return None
+        return None
+
+
+def _split(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
+    for start in range(0, max(batch.num_rows, 1), size):
+        yield batch.slice(start, size)
+
+
+__all__ = ["IPC_SUFFIXES", "PARQUET_SUFFIXES", "Reader", "check_regular", "file_format"]
