@@ -1,25 +1,34 @@
 """Offline recomputation: estimators over saved rollouts, one file or many shards, local or on Ray.
 
 A job maps input files (the trajectory standard, Parquet or Arrow IPC) to output files of the same
-format. Each input is streamed in record batches (memory: one batch, not a file); every input
-column is kept and each estimator run adds its output set (`advantages`, `returns`, `boundaries`,
-suffixed `_<label>` when the job has several runs), with its parameters in the metadata.
+format. Each input is streamed in record batches (memory: one batch, not a file) and validated as
+`sae validate` does (duplicate and null ids across batches and, on one job, across its shards,
+checksums); every input column is kept and each estimator run adds its output set (`advantages`,
+`returns`, `boundaries`, suffixed `_<label>` when the job has several runs), with its parameters in
+the metadata. No output replaces an input column: a run whose own outputs it would read (the `given`
+rule reads `boundaries`) writes suffixed outputs, and a shard whose file holds a column of that
+name that no recorded output set produced is refused.
 
 Outputs are atomic: written under a temporary name and renamed when whole, so an interrupted job
-leaves no partial file. Inputs are only read. An existing output is refused without `overwrite`,
-except that a directory or glob job skips shards whose output is already complete (it resumes).
+leaves no partial file. Inputs are only read. Each output records its input's fingerprint (size,
+mtime, a hash of the footer: `jobs.fingerprint`). An existing output is refused without
+`overwrite`, except that a directory or glob job skips shards whose output is complete for this
+input and these runs (it resumes), and computes again, saying so, shards whose output these runs
+wrote from an input that has changed since. One job at a time writes an output (`jobs.JobLock`);
+temporary files that dead jobs left behind are removed. A shard that fails (bad data, a full disk, a
+read-only directory) is reported with its path and a one-line reason, and the others go on.
 
-The Ray engine runs the same per-file function, one Ray Data task per shard, with the numba
-backend in the workers: its outputs are those of the local engine.
+The Ray engine (`recompute_ray`) runs the same per-file function, one Ray Data task per shard,
+with the numba backend in the workers: its outputs are those of the local engine.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,133 +36,18 @@ import pyarrow as pa
 
 from .. import registry
 from .. import trajectory as tj
-
-SHARD_SUFFIXES = (".parquet", ".pq", ".arrow", ".ipc", ".feather", ".arrows")
-
-
-@dataclass(frozen=True)
-class EstimatorRun:
-    """One output set of a job: an estimator, its keyword arguments for `trajectory.compute`
-    (scalar options only; per-token data comes from the file's columns), and the column suffix its
-    outputs get ("" when the job has one run)."""
-
-    estimator: str
-    params: Mapping[str, Any]
-    suffix: str
-
-    def recorded(self) -> dict[str, Any]:
-        """The parameters the output's metadata records (`registry.estimator_params`)."""
-        return registry.estimator_params(self.estimator, **self.params)
-
-
-def plan_runs(specs: Sequence[str], common: Mapping[str, Any] | None = None) -> list[EstimatorRun]:
-    """Estimator runs from `--estimator` values and the job-wide options.
-
-    specs: each "NAME" or "NAME:key=value,key=value" (`registry.parse_run`: values parsed by their
-    option's type, e.g. "sae:threshold=0.1" or "sae:delimiter_ids=[13]"), NAME one of
-    `registry.ESTIMATORS`. One spec writes unsuffixed columns; several write `_<label>` columns,
-    the label being NAME, or NAME and its overrides ("sae_threshold0.1") where the same NAME
-    appears twice.
-    common: job-wide keyword arguments (gamma, lam, threshold, mask_mode, ...); each run takes the
-    ones its estimator uses, and its own overrides win (`registry.run_options`: a run whose
-    overrides choose a boundary rule drops the job-wide rule options).
-    Raises ValueError, prefixed "--estimator 'SPEC': ", for an unknown estimator or option, a
-    malformed spec, bad parameters (checked here, before any file is read); ValueError for two runs
-    with the same label.
-    """
-    if not specs:
-        raise ValueError("no estimator given: pass at least one --estimator")
-    parsed = []
-    for spec in specs:
-        try:
-            name, overrides = registry.parse_run(spec)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"--estimator {spec!r}: {exc}") from None
-        parsed.append((spec, name, _plain(overrides)))
-    names = [name for _, name, _ in parsed]
-    runs = []
-    for spec, name, overrides in parsed:
-        label = name if names.count(name) == 1 or not overrides else name + "_" + "_".join(
-            f"{k}{_compact(v)}" for k, v in sorted(overrides.items()))
-        try:
-            params = _plain(registry.run_options(name, common or {}, overrides))
-            run = EstimatorRun(name, params, "" if len(parsed) == 1 else f"_{label}")
-            run.recorded()
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"--estimator {spec!r}: {exc}") from None
-        runs.append(run)
-    suffixes = [r.suffix for r in runs]
-    for s in suffixes:
-        if suffixes.count(s) > 1:
-            raise ValueError(f"two estimator runs would both write advantages{s}; give them different parameters")
-    return runs
-
-
-def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Token id lists as lists, as the file metadata records them (the registry parses them to tuples)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-
-
-def _compact(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "-".join(str(x) for x in v)
-    return str(v)
-
-
-# ----------------------------------------------------------------------------------------------
-# planning the files
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One input file and where its output goes."""
-
-    src: Path
-    dst: Path
-
-
-def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[list[Shard], bool]:
-    """The (input, output) pairs of a job, and whether it is a many-shard job.
-
-    input: a file; a directory (every Parquet/IPC file under it, recursively, in sorted order); or
-    a glob pattern ("rollouts/*.parquet", "**" allowed). output: for a single file, the output
-    file (or an existing directory to put it in); otherwise a directory, mirroring each shard's
-    path relative to the input directory (or to the pattern's fixed prefix).
-    Raises ValueError when nothing matches, or an output would be an input or lie inside the input
-    directory (a later run would read it as a shard).
-    """
-    src = Path(input)
-    out = Path(output)
-    if src.is_file():
-        dst = out / src.name if out.is_dir() else out
-        if dst.resolve() == src.resolve():
-            raise ValueError(f"the output {dst} is the input; write it elsewhere")
-        return [Shard(src, dst)], False
-    if src.is_dir():
-        root = src
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in SHARD_SUFFIXES
-                       and not p.name.startswith("."))
-    else:
-        pattern = str(input)
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        fixed = pattern.split("*")[0].split("?")[0].split("[")[0]
-        root = Path(fixed) if fixed.endswith(os.sep) else Path(fixed).parent
-        if not files:
-            raise ValueError(f"no file matches {pattern!r}")
-    if not files:
-        raise ValueError(f"no Parquet or Arrow IPC file under {src}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output {out} is a file; a job of several shards writes to a directory")
-    out_resolved, root_resolved = out.resolve(), root.resolve()
-    if src.is_dir() and (out_resolved == root_resolved or root_resolved in out_resolved.parents):
-        raise ValueError(f"the output directory {out} is inside the input directory {src}; write it elsewhere")
-    shards = [Shard(f, out / f.resolve().relative_to(root_resolved)) for f in files]
-    inputs = {f.resolve() for f in files}
-    for s in shards:
-        if s.dst.resolve() in inputs:
-            raise ValueError(f"the output {s.dst} would overwrite the input of the same name; write elsewhere")
-    return shards, True
-
+from .jobs import (
+    TEMPORARY,
+    JobError,
+    JobLock,
+    fingerprint,
+    fingerprint_changes,
+    fingerprint_metadata,
+    lock_path,
+    read_fingerprint,
+    remove_stale_temporaries,
+)
+from .recompute_plan import SHARD_SUFFIXES, EstimatorRun, Shard, check_backend, plan_files, plan_runs
 
 # ----------------------------------------------------------------------------------------------
 # one file
@@ -161,7 +55,8 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
 
 @dataclass
 class FileResult:
-    """What happened to one shard: "written", "skipped" (complete output found) or "failed"."""
+    """What happened to one shard: "written", "skipped" (complete output found) or "failed".
+    note: what else to know (a stale output was replaced, and why)."""
 
     src: str
     dst: str
@@ -170,6 +65,7 @@ class FileResult:
     tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    note: str | None = None
 
     def line(self) -> str:
         if self.status == "failed":
@@ -178,7 +74,7 @@ class FileResult:
             return f"{self.src} -> {self.dst}: skipped, complete output found"
         rate = self.tokens / self.seconds if self.seconds > 0 else float("inf")
         return (f"{self.src} -> {self.dst}: {self.rows:,} rows, {self.tokens:,} tokens in {self.seconds:.2f} s "
-                f"({_si(rate)} tokens/s)")
+                f"({_si(rate)} tokens/s)" + (f"; {self.note}" if self.note else ""))
 
 
 def _si(x: float) -> str:
@@ -190,29 +86,36 @@ def _si(x: float) -> str:
 
 def recompute_file(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun], *,
                    batch_size: int = 1024, backend: str = "auto", overwrite: bool = False,
-                   on_batch: Callable[[int, int], None] | None = None) -> FileResult:
+                   on_batch: Callable[[int, int], None] | None = None, seen: Any = None) -> FileResult:
     """Stream `src` through every run and write `dst` atomically.
 
-    Every batch of `batch_size` rows is validated (trajectory.iter_batches), gets each run's output
-    set (trajectory.compute) and is written as one Parquet row group (or IPC batch). on_batch(rows,
-    tokens) is called after each batch (progress bars). `dst` appears whole when the last batch is
-    written, or not at all; an existing `dst` raises FileExistsError unless overwrite=True.
-    Raises TrajectoryError naming `src` for bad input.
+    Every batch of `batch_size` rows is validated (trajectory.iter_batches: the verdicts of
+    `validate_file`; `seen`, a `trajectory.SeenIds`, carries the ids of the job's other shards),
+    gets each run's output set (trajectory.compute, which refuses non-finite outputs) and is
+    written as one Parquet row group (or IPC batch). on_batch(rows, tokens) is called after each
+    batch (progress bars). `dst` appears whole when the last batch is written, or not at all; it
+    records `src`'s fingerprint (`jobs.fingerprint`), taken before reading and checked again after:
+    an input that changed meanwhile fails. An existing `dst` raises FileExistsError unless
+    overwrite=True. Raises TrajectoryError naming `src` for bad input, OSError for a file that
+    cannot be read or written.
     """
     start = time.perf_counter()
-    reader_schema = _input_schema(src)
-    out_schema = _output_schema(reader_schema, runs, str(src))
+    src = str(src)
+    fp = fingerprint(src)
+    reader_schema, info = _input_schema(src)
+    out_schema = _output_schema(reader_schema, info, runs, src)
+    out_schema = out_schema.with_metadata({**(out_schema.metadata or {}), **fingerprint_metadata(fp)})
     rows = tokens = 0
     with tj.TrajectoryWriter(dst, out_schema, overwrite=overwrite, row_group_rows=batch_size) as writer:
-        for batch in tj.iter_batches(src, batch_size=batch_size):
+        for batch in tj.iter_batches(src, batch_size=batch_size, seen=seen):
             for run in runs:
                 try:
                     batch = tj.compute(batch, estimator=run.estimator, suffix=run.suffix, backend=backend,
-                                       **run.params)
+                                       first_row=rows, **run.params)
                 except tj.TrajectoryError as exc:
-                    raise tj.TrajectoryError(exc.problems, str(src)) from None
+                    raise tj.TrajectoryError(exc.problems, src) from None
                 except ValueError as exc:  # the estimator's own checks, e.g. an overflow
-                    raise tj.TrajectoryError(f"rows {rows} to {rows + batch.num_rows - 1}: {exc}", str(src)) from None
+                    raise tj.TrajectoryError(f"rows {rows} to {rows + batch.num_rows - 1}: {exc}", src) from None
             writer.write(pa.RecordBatch.from_arrays(batch.columns, schema=out_schema))
             offsets = batch.column("response_ids").offsets
             n_tokens = int(offsets[-1].as_py() - offsets[0].as_py())
@@ -220,22 +123,39 @@ def recompute_file(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequenc
             tokens += n_tokens
             if on_batch is not None:
                 on_batch(batch.num_rows, n_tokens)
-    return FileResult(str(src), str(dst), "written", rows, tokens, time.perf_counter() - start)
+        changed = fingerprint_changes(fp, fingerprint(src))
+        if changed:
+            raise tj.TrajectoryError(f"the file changed while it was read ({changed}); no output written", src)
+    return FileResult(src, str(dst), "written", rows, tokens, time.perf_counter() - start)
 
 
-def _input_schema(src) -> pa.Schema:
+def _input_schema(src) -> tuple[pa.Schema, tj.Info]:
+    """The input's schema and metadata: an unreadable version fails here, before an output is
+    opened. Its warnings (no metadata, a newer minor version) come once, from the reader."""
     schema = tj.read_schema(src)
-    tj.read_info(schema, str(src))  # an unreadable version fails here, before an output is opened
-    return schema
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tj.TrajectoryWarning)
+        return schema, tj.read_info(schema, str(src))
 
 
-def _output_schema(schema: pa.Schema, runs: Sequence[EstimatorRun], source: str) -> pa.Schema:
-    """The schema every output batch gets: the input's columns, then each run's outputs."""
+def _output_schema(schema: pa.Schema, info: tj.Info, runs: Sequence[EstimatorRun], source: str) -> pa.Schema:
+    """The schema every output batch gets: the input's columns, then each run's outputs. Raises
+    TrajectoryError for missing columns, and for an input column a run would replace that is no
+    output set's (the file's own data, e.g. the `given` rule's `boundaries`)."""
     empty = pa.RecordBatch.from_pylist([], schema=schema)
     problems = []
     for run in runs:
         problems += [p for p in tj.schema_problems(empty.schema, tj.needed_columns(
             run.estimator, registry.boundary_rule(run.estimator, run.params))) if p not in problems]
+    outputs = {f"{kind}{key[len('advantages'):]}" for key in [*info.estimators, *info.invalid]
+               for kind in tj.OUTPUT_NAMES}
+    for run in runs:
+        for name in run.writes():
+            if name in schema.names and name not in outputs:
+                problems.append(tj.Problem(name, None, (
+                    "is input data here (no output set recorded in the metadata produced it) and this job "
+                    f"would replace it with {run.estimator}'s output; rename the column, or run with "
+                    "several --estimator (outputs suffixed _<label>)")))
     if problems:
         raise tj.TrajectoryError(problems, source)
     for run in runs:
@@ -243,16 +163,39 @@ def _output_schema(schema: pa.Schema, runs: Sequence[EstimatorRun], source: str)
     return empty.schema
 
 
-def is_complete(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun]) -> bool:
-    """Whether `dst` is a whole output of `src` for these runs: readable, as many rows as `src`,
-    and its metadata records every run's output set with the same parameters."""
+def output_state(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun]
+                 ) -> tuple[str, str | None]:
+    """Whether `dst` is a whole output of `src` for these runs, as (state, why):
+
+    "complete": readable, its metadata records every run's output set with the same parameters,
+    and the fingerprint of `src` it records is that of `src` now (`jobs.fingerprint`);
+    "stale": these runs wrote it, but from another `src` (the fingerprint or the row count differs,
+    or none is recorded): computing it again loses nothing; "other": anything else (unreadable,
+    other parameters, not ours), which only overwrite=True replaces.
+    """
     try:
-        info = tj.read_info(tj.read_schema(dst), str(dst))
-        if tj.count_rows(dst) != tj.count_rows(src):
-            return False
+        sch = tj.read_schema(dst)
+        with warnings.catch_warnings():  # the output's own: the input's come when it is read
+            warnings.simplefilter("ignore", tj.TrajectoryWarning)
+            info = tj.read_info(sch, str(dst))
     except (tj.TrajectoryError, OSError):
-        return False
-    return all(info.estimators.get(f"advantages{r.suffix}") == r.recorded() for r in runs)
+        return "other", "not a readable trajectory file"
+    if not all(info.estimators.get(f"advantages{r.suffix}") == r.recorded() for r in runs):
+        return "other", "an output of other estimator parameters"
+    try:
+        changed = fingerprint_changes(read_fingerprint(sch.metadata), fingerprint(src))
+        if changed is None and tj.count_rows(dst) != tj.count_rows(src):
+            changed = "row count"
+    except (tj.TrajectoryError, OSError):  # the input's fault, most likely: reading it will say so
+        return "other", None
+    if changed:
+        return "stale", f"the input changed since its output was written ({changed})"
+    return "complete", None
+
+
+def is_complete(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun]) -> bool:
+    """Whether `dst` is a whole output of `src` for these runs (`output_state` says "complete")."""
+    return output_state(src, dst, runs)[0] == "complete"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,9 +204,12 @@ def is_complete(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[E
 
 @dataclass
 class JobResult:
-    """Every shard's result, in input order."""
+    """Every shard's result, in input order; the stale temporary files the job removed; notes
+    (e.g. a run whose outputs are suffixed because it reads the unsuffixed ones)."""
 
     files: list[FileResult] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -276,8 +222,20 @@ class JobResult:
         seconds = sum(f.seconds for f in done)
         counts = {s: sum(f.status == s for f in self.files) for s in ("written", "skipped", "failed")}
         rate = f", {_si(tokens / seconds)} tokens/s" if seconds > 0 else ""
-        return (f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed: "
-                f"{rows:,} rows, {tokens:,} tokens{rate}")
+        removed = (f"; removed {len(self.removed)} temporary file(s) of dead jobs" if self.removed else "")
+        return "\n".join([(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed: "
+                          f"{rows:,} rows, {tokens:,} tokens{rate}{removed}"), *(f"note: {n}" for n in self.notes)])
+
+
+@dataclass(frozen=True)
+class _Task:
+    """A shard to compute: replace=True where its existing output is stale (replaced without
+    overwrite=True), with the note saying so; `existing`: why an existing output is not this job's."""
+
+    shard: Shard
+    replace: bool = False
+    note: str | None = None
+    existing: str | None = None
 
 
 def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequence[EstimatorRun], *,
@@ -286,57 +244,114 @@ def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequenc
     """Run a job: every shard of `input` (see `plan_files`) through `runs`, into `output`.
 
     A single-file job refuses an existing output without overwrite=True. A many-shard job skips
-    shards whose output is complete for these runs (see `is_complete`), so an interrupted job
-    resumes; an existing output that is not complete is refused without overwrite=True. A shard
-    that fails (bad data, an existing output) is reported in the result and the others go on.
+    shards whose output is complete for this input and these runs, computes again (saying so)
+    those whose output is stale (`output_state`), so an interrupted or outdated job resumes; any
+    other existing output is refused without overwrite=True. A shard that fails (bad data, an
+    existing output, a file system error) is reported in the result and the others go on. The
+    local engine checks trajectory ids across the job's shards (a skipped shard's ids count too);
+    the Ray engine reads every shard's ids on the driver first, for the same verdicts.
     engine: "local" (this process) or "ray" (one Ray Data task per shard, on the cluster at
     `ray_address`, or a local Ray instance). progress: a progress bar on stderr (None: when stderr
     is a terminal).
+    Raises ValueError for a job that cannot start (see `plan_files`; a backend that cannot run
+    here, checked before any shard); JobError (an OSError) when another job is writing the output,
+    the output cannot be created, or the Ray cluster cannot be reached.
     """
-    shards, many = plan_files(input, output)
-    result = JobResult()
-    todo = []
-    for shard in shards:
-        if many and shard.dst.exists() and not overwrite and is_complete(shard.src, shard.dst, runs):
-            result.files.append(FileResult(str(shard.src), str(shard.dst), "skipped"))
-        else:
-            todo.append(shard)
-    if engine == "local":
-        done = _run_local(todo, runs, batch_size=batch_size, backend=backend, overwrite=overwrite, progress=progress)
-    elif engine == "ray":
-        done = _run_ray(todo, runs, batch_size=batch_size, overwrite=overwrite, address=ray_address)
-    else:
+    if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray'; got {engine!r}")
-    by_src = {f.src: f for f in [*result.files, *done]}
-    result.files = [by_src[str(s.src)] for s in shards]
+    shards, many = plan_files(input, output)
+    if engine == "local" and backend not in ("auto", "reference", "numba"):
+        check_backend(backend)
+    if engine == "ray":
+        from .recompute_ray import probe_address
+
+        probe_address(ray_address)
+    result = JobResult(notes=[r.note for r in runs if r.note])
+    with JobLock(lock_path(output if many else shards[0].dst, many), output):
+        result.removed = [str(p) for p in remove_stale_temporaries(s.dst for s in shards)]
+        plan: list[_Task | FileResult] = []
+        for shard in shards:
+            state, why = ("new", None) if not many or overwrite or not _exists(shard.dst) else \
+                output_state(shard.src, shard.dst, runs)
+            if state == "complete":
+                plan.append(FileResult(str(shard.src), str(shard.dst), "skipped"))
+            elif state == "stale":
+                plan.append(_Task(shard, replace=True, note=f"replaced a stale output: {why}"))
+            else:
+                plan.append(_Task(shard, existing=why))
+        if engine == "local":
+            result.files = _run_local(plan, runs, batch_size=batch_size, backend=backend, overwrite=overwrite,
+                                      progress=progress)
+        else:
+            result.files = _run_ray(plan, runs, batch_size=batch_size, overwrite=overwrite, address=ray_address)
     return result
 
 
-def _one(shard: Shard, runs, batch_size, backend, overwrite, on_batch=None) -> FileResult:
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _one(task: _Task, runs, batch_size, backend, overwrite, on_batch=None, seen=None) -> FileResult:
+    """One shard, every failure of data or file system a "failed" result with a one-line reason."""
+    src, dst = str(task.shard.src), str(task.shard.dst)
     try:
-        return recompute_file(shard.src, shard.dst, runs, batch_size=batch_size, backend=backend,
-                              overwrite=overwrite, on_batch=on_batch)
-    except tj.TrajectoryError as exc:
-        message = "; ".join(str(p) for p in exc.problems)
-        return FileResult(str(shard.src), str(shard.dst), "failed", error=message)
+        r = recompute_file(src, dst, runs, batch_size=batch_size, backend=backend,
+                           overwrite=overwrite or task.replace, on_batch=on_batch, seen=seen)
+        r.note = task.note
+        return r
     except FileExistsError:
-        return FileResult(str(shard.src), str(shard.dst), "failed",
-                          error=f"{shard.dst} exists; --overwrite (overwrite=True) replaces it")
+        why = f" ({task.existing})" if task.existing else ""
+        return FileResult(src, dst, "failed", error=f"{dst} exists{why}; --overwrite (overwrite=True) replaces it")
+    except (ValueError, OSError, pa.ArrowException) as exc:  # TrajectoryError is a ValueError
+        error = failure_reason(exc, dst)
+    if task.replace:  # its output is stale: keeping it would leave a file that no longer matches its input
+        try:
+            os.unlink(dst)
+            error += " (its stale output was removed)"
+        except OSError:
+            error += " (its stale output could not be removed)"
+    return FileResult(src, dst, "failed", error=error)
 
 
-def _run_local(shards: Iterable[Shard], runs, *, batch_size, backend, overwrite, progress) -> list[FileResult]:
-    shards = list(shards)
-    bar = _progress_bar(shards, progress)
+def failure_reason(exc: BaseException, dst: str) -> str:
+    """One line for a shard's failure: a TrajectoryError's problems; an OSError's file and reason
+    (the output where it names none, or only our temporary file: reading errors come as
+    TrajectoryError naming the input); anything else's message, on one line."""
+    if isinstance(exc, tj.TrajectoryError):
+        return "; ".join(str(p) for p in exc.problems)
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+        if "Detail:" in reason and exc.errno:  # Arrow's "Failed to open local file '.x.tmp-..'. Detail: ..."
+            reason = os.strerror(exc.errno)
+        where = exc.filename if exc.filename and not TEMPORARY.match(Path(str(exc.filename)).name) else dst
+        return f"{where}: {' '.join(reason.split())}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, ValueError) and not isinstance(exc, OSError) else f"{dst}: {text}"
+
+
+def _run_local(plan: list[_Task | FileResult], runs, *, batch_size, backend, overwrite, progress
+               ) -> list[FileResult]:
+    seen = tj.SeenIds()
+    bar = _progress_bar([t.shard for t in plan if isinstance(t, _Task)], progress)
     out = []
     try:
-        for shard in shards:
+        for task in plan:
+            if isinstance(task, FileResult):  # skipped: its ids still count against later shards
+                try:
+                    seen.add_file(task.src)
+                except (ValueError, OSError, pa.ArrowException) as exc:
+                    task = replace(task, status="failed", error=failure_reason(exc, task.dst)
+                                   + " (its output, written by an earlier run, is kept)")
+                out.append(task)
+                continue
+
             def on_batch(rows, tokens, _bar=bar):
                 if _bar is not None:
                     _bar.tokens += tokens
                     _bar.update(rows)
                     elapsed = time.perf_counter() - _bar.started
                     _bar.set_postfix_str(f"{_si(_bar.tokens / max(elapsed, 1e-9))} tokens/s", refresh=False)
-            out.append(_one(shard, runs, batch_size, backend, overwrite, on_batch))
+            out.append(_one(task, runs, batch_size, backend, overwrite, on_batch, seen))
     finally:
         if bar is not None:
             bar.close()
@@ -354,7 +369,7 @@ def _progress_bar(shards: list[Shard], progress: bool | None):
     for shard in shards:
         try:
             total += tj.count_rows(shard.src)
-        except tj.TrajectoryError:
+        except (tj.TrajectoryError, OSError):
             pass
     bar = tqdm(total=total, unit=" rows", desc="recompute", file=sys.stderr, dynamic_ncols=True)
     bar.tokens = 0
@@ -362,33 +377,45 @@ def _progress_bar(shards: list[Shard], progress: bool | None):
     return bar
 
 
-def _run_ray(shards: Sequence[Shard], runs, *, batch_size, overwrite, address) -> list[FileResult]:
-    """One Ray Data task per shard, each running `recompute_file` with the numba backend."""
-    if not shards:
-        return []
-    import ray
+def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, address) -> list[FileResult]:
+    """One Ray Data task per shard to compute, each running `recompute_file` with the numba backend.
+    The ids of every shard are read on the driver first (in input order, as the local engine
+    does); a shard whose ids repeat an earlier shard's fails there and is not sent."""
+    from .recompute_ray import run_ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
-    try:
-        items = [{"src": str(s.src), "dst": str(s.dst)} for s in shards]
-        task = _RayTask(list(runs), batch_size, overwrite)
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        rows = ds.map(task, num_cpus=1).take_all()
-    finally:
-        if started:
-            ray.shutdown()
-    return [FileResult(**{k: (None if k == "error" and v == "" else v) for k, v in r.items()}) for r in rows]
+    seen = tj.SeenIds()
+    out: list[FileResult | None] = []
+    items = []
+    for i, task in enumerate(plan):
+        src, dst = (task.src, task.dst) if isinstance(task, FileResult) else (str(task.shard.src), str(task.shard.dst))
+        try:
+            seen.add_file(src)
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            out.append(FileResult(src, dst, "failed", error=failure_reason(exc, dst)))
+            continue
+        if isinstance(task, FileResult):
+            out.append(task)
+        else:
+            out.append(None)
+            items.append({"index": i, "src": src, "dst": dst, "replace": task.replace, "note": task.note or ""})
+    rows = run_ray(items, _RayTask(list(runs), batch_size, overwrite), address=address)
+    done = {r.pop("index"): FileResult(**{k: (None if k in ("error", "note") and v == "" else v)
+                                          for k, v in r.items()}) for r in rows}
+    return [r if r is not None else done[i] for i, r in enumerate(out)]
 
 
 class _RayTask:
-    """The function Ray Data maps over the shard list (a plain picklable object)."""
+    """The function Ray Data maps over the shards (a plain picklable object)."""
 
     def __init__(self, runs, batch_size, overwrite):
         self.runs, self.batch_size, self.overwrite = runs, batch_size, overwrite
 
     def __call__(self, item: dict) -> dict:
-        r = _one(Shard(Path(item["src"]), Path(item["dst"])), self.runs, self.batch_size, "numba", self.overwrite)
-        return {"src": r.src, "dst": r.dst, "status": r.status, "rows": r.rows, "tokens": r.tokens,
-                "seconds": r.seconds, "error": r.error or ""}
+        task = _Task(Shard(Path(item["src"]), Path(item["dst"])), item["replace"], item["note"] or None)
+        r = _one(task, self.runs, self.batch_size, "numba", self.overwrite)
+        return {"index": item["index"], "src": r.src, "dst": r.dst, "status": r.status, "rows": r.rows,
+                "tokens": r.tokens, "seconds": r.seconds, "error": r.error or "", "note": r.note or ""}
+
+
+__all__ = ["SHARD_SUFFIXES", "EstimatorRun", "FileResult", "JobError", "JobResult", "Shard", "check_backend",
+           "failure_reason", "is_complete", "output_state", "plan_files", "plan_runs", "recompute", "recompute_file"]
