@@ -1,7 +1,9 @@
 """`sae validate FILE...`: one summary line per good file, one line per problem of a bad one, exit
 status 1 if any file is bad, and never a traceback."""
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +188,218 @@ def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# no traceback for a data or file-system problem (issue 16): one line naming the file, exit 1
+
+
+def problems(err):
+    """The stderr lines that are not warnings."""
+    return [line for line in err if not line.startswith("warning: ")]
+
+
+def one_command(capsys, command, path, tmp_path):
+    argv = [command, str(path)] + (["--out", str(tmp_path / "page.html")] if command == "report" else [])
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out.splitlines(), problems(err.splitlines())
+
+
+def duplicate_column(tmp_path):
+    t = table()
+    both = pa.Table.from_arrays([*t.columns, t.column("values")], names=[*t.column_names, "values"])
+    pq.write_table(both.replace_schema_metadata({b"sae_rl": b'{"spec_version": "1.0"}'}), tmp_path / "dup.parquet")
+    return str(tmp_path / "dup.parquet")
+
+
+def ids_file(tmp_path, name, ids):
+    """Rows in row groups of 2, so that a repeat or a null lies in another batch than its first."""
+    t = table(len(ids)).set_column(0, "trajectory_id", pa.array(ids, pa.string()))
+    pq.write_table(t.replace_schema_metadata({b"sae_rl": b'{"spec_version": "1.0"}'}), tmp_path / name,
+                   row_group_size=2)
+    return str(tmp_path / name)
+
+
+def flipped_page(tmp_path, column="logprobs"):
+    """A file with 16 bytes flipped inside `column`'s data in its second row group (a bad disk)."""
+    path = tmp_path / "flipped.parquet"
+    t = table(300)
+    t = t.set_column(2, "values", pa.array(np.random.default_rng(0).random((300, 2)).tolist(),
+                                           pa.large_list(pa.float32())))
+    tj.write_table(t, path, row_group_rows=100)
+    md = pq.ParquetFile(path).metadata
+    (k,) = [k for k in range(md.num_columns) if md.row_group(1).column(k).path_in_schema.split(".")[0] == column]
+    cc = md.row_group(1).column(k)
+    data = bytearray(path.read_bytes())
+    mid = (cc.dictionary_page_offset or cc.data_page_offset) + cc.total_compressed_size // 2
+    for i in range(16):
+        data[mid + i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_inspect_and_report_give_the_verdicts_of_validate(tmp_path, capsys):
+    """One validation: before, a KeyError traceback for a repeated column name, inspect and report
+    accepted the duplicate and null ids that validate refuses, and a flipped page went unnoticed."""
+    cases = {duplicate_column(tmp_path): "column 'values': appears 2 times",
+             ids_file(tmp_path, "dupid.parquet", ["a", "b", "c", "a"]): "row 3: duplicate of row 0 ('a')",
+             ids_file(tmp_path, "nullid.parquet", ["a", "b", None, "d"]): "column 'trajectory_id', row 2: null",
+             flipped_page(tmp_path, "values"): "column 'values': page checksum mismatch in row group 1"}
+    for path, message in cases.items():
+        verdicts = []
+        for command in ("validate", "inspect", "report"):
+            code, out, err = one_command(capsys, command, path, tmp_path)
+            assert code == 1 and out == [], (command, path)
+            assert len(err) == 1 and err[0].startswith(f"{path}: ") and message in err[0], (command, err)
+            verdicts.append(err)
+        assert verdicts[0] == verdicts[1] == verdicts[2]
+        assert not (tmp_path / "page.html").exists()
+
+
+def test_a_fifo_is_refused_at_once(tmp_path):
+    """A FIFO named x.parquet blocked `sae validate` forever (and Ctrl-C with it)."""
+    fifo = tmp_path / "x.parquet"
+    os.mkfifo(fifo)
+    for command in ("validate", "inspect"):
+        done = subprocess.run([sys.executable, "-m", "sae_core.tools.cli", command, str(fifo)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.splitlines() == [f"{fifo}: is a FIFO (named pipe), not a regular file: a trajectory "
+                                            "file is a Parquet or Arrow IPC file"]
+
+
+def test_report_out_naming_a_directory(tmp_path, capsys):
+    """Before: an IsADirectoryError traceback from os.replace, after the whole file was read."""
+    src = good(tmp_path / "a.parquet")
+    (tmp_path / "pages").mkdir()
+    assert main(["report", src, "--out", str(tmp_path / "pages")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"sae report: {tmp_path / 'pages'} is a directory: give the path of the page to write, "
+                   f"e.g. {tmp_path / 'pages' / 'report.html'}"]
+    assert main(["report", src, "--out", str(tmp_path / "a.parquet" / "r.html")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"sae report: cannot write {tmp_path / 'a.parquet' / 'r.html'}: {src} is not a directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "pages"]
+    assert list((tmp_path / "pages").iterdir()) == []
+
+
+class FullDisk:
+    """What `open` gives the atomic writer on a full disk: the first bytes go, then ENOSPC."""
+
+    def __init__(self, path, mode, **kw):
+        self.fh = open(path, mode, **kw)  # noqa: SIM115 -- closed by __exit__
+
+    def write(self, data):
+        self.fh.write(data[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def read_only(path, mode, **kw):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
+@pytest.mark.parametrize("fault, reason", [(FullDisk, "No space left on device"),
+                                           (read_only, "Read-only file system")])
+def test_report_on_a_full_disk_or_a_read_only_directory(tmp_path, capsys, monkeypatch, fault, reason):
+    """Simulated through the `open` of the atomic writer (root ignores chmod): before, a traceback
+    naming the temporary file. Now one line naming the page, exit 1, and no temporary file left."""
+    from sae_core import atomic
+
+    src = good(tmp_path / "a.parquet")
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(atomic, "open", fault, raising=False)
+    assert main(["report", src, "--out", str(tmp_path / "out" / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == [f"sae report: {tmp_path / 'out' / 'r.html'}: cannot write the report: {reason}"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monkeypatch):
+    from sae_core.tools import summary
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an invariant broke")
+
+    monkeypatch.setattr(summary, "inspect_file", broken)
+    assert main(["inspect", good(tmp_path / "a.parquet")]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("Traceback") and "RuntimeError: an invariant broke" in err
+    assert err[-1].startswith("sae inspect: internal error (a bug in sae-rl ") and "please report it" in err[-1]
+
+
+def test_interrupted_is_one_line(tmp_path, capsys, monkeypatch):
+    from sae_core import trajectory
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trajectory, "validate_file", interrupted)
+    assert main(["validate", good(tmp_path / "a.parquet")]) == 130
+    assert capsys.readouterr().err.splitlines() == ["sae validate: interrupted"]
+
+
+def test_a_file_system_error_is_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError that the readers do not turn into a TrajectoryError (here EIO) goes like a bad file."""
+    from sae_core import trajectory
+
+    def eio(path, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    monkeypatch.setattr(trajectory, "validate_file", eio)
+    a = good(tmp_path / "a.parquet")
+    assert main(["validate", a, a]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"{a}: Input/output error"] * 2
+    monkeypatch.setattr(trajectory, "validate_file", lambda path, **kw: eio("elsewhere"))
+    assert main(["validate", a]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"{a}: elsewhere: Input/output error"]
+
+
+def test_a_job_level_error_of_recompute_is_one_line(tmp_path, capsys, monkeypatch):
+    """recompute's JobError (an OSError: another job's lock, a read-only output) is exit 1 and its
+    own one line; plan errors stay usage errors (exit 2)."""
+    from sae_core.tools import recompute as rec
+
+    message = f"{tmp_path / 'out'}: another job (PID 12345) is writing here"
+
+    def locked(*args, **kwargs):
+        raise rec.JobError(errno.EBUSY, message)
+
+    monkeypatch.setattr(rec, "recompute", locked)
+    src = good(tmp_path / "a.parquet")
+    assert main(["recompute", src, str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"sae recompute: {message}"]
+    assert main(["recompute", src, str(tmp_path / "out"), "--estimator", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sae recompute: --estimator 'nope'") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("order", ["bad first", "bad last", "all good"])
+def test_validate_into_a_closed_pipe_keeps_its_verdict(tmp_path, order):
+    """`sae validate bad good | head -1` exited 0: the reader left, and the BrokenPipeError was
+    taken for success. Now the command goes on with its output discarded: 1 whenever a bad file
+    is among them, whether before or after the reader left."""
+    a = good(tmp_path / "a.parquet")
+    bad = broken(tmp_path, "truncated")
+    files = {"bad first": [bad] + [a] * 50, "bad last": [a] * 50 + [bad], "all good": [a] * 51}[order]
+    proc = subprocess.Popen([sys.executable, "-m", "sae_core.tools.cli", "validate", *files],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `head -1` does once it has its line (here before: the write surely fails)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == (0 if order == "all good" else 1)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+    if order == "all good":
+        assert err == ""
+    else:
+        assert len(err.splitlines()) == 1 and err.startswith(f"{bad}: not a readable Parquet file")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -357,3 +357,90 @@ def test_report_with_a_transformers_tokenizer(small_file, tmp_path, monkeypatch)
     assert "decoded text" in page
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
         write_report(small_file, tmp_path / "x.html", tokenizer=tmp_path / "missing")
+    # -1 raised OverflowError inside the tokenizer (issue 16); ids past the vocabulary show alike
+    t = with_ids(small_table(), [-1, 2**31 - 1, 100, 2**40] + list(range(10)))
+    page = write_report(tj.write_table(t, tmp_path / "ids.parquet"), tmp_path / "ids.html",
+                        tokenizer=tmp_path / "tok").read_text()
+    assert [text for _, _, text in token_views(page)[0]] == [
+        "\u27e8-1?\u27e9", "\u27e82147483647?\u27e9", "&lt;unk&gt;", f"\u27e8{2**40}?\u27e9"]
+
+
+# ----------------------------------------------------------------------------------------------
+# files that stopped inspect or report with a traceback (issue 16)
+
+
+def with_ids(t, ids):
+    """`t` with its token ids replaced by `ids` (one flat list, in row order), as int64."""
+    offsets = t.column("response_ids").combine_chunks().offsets
+    arr = pa.LargeListArray.from_arrays(offsets, pa.array(ids, pa.int64()))
+    return t.set_column(t.schema.get_field_index("response_ids"), "response_ids", arr)
+
+
+def test_ids_a_tokenizer_cannot_decode_are_placeholders(tmp_path):
+    """A token id of -1 (a padding id left in) gave an OverflowError traceback from the fast
+    tokenizer; ids past the vocabulary and ids the tokenizer's decode refuses, likewise."""
+    class Strict:  # like a fast tokenizer: refuses what it cannot convert, in batch_decode too
+        def __len__(self):
+            return 200
+
+        def batch_decode(self, ids, **kw):
+            return [self.decode(i, **kw) for i in ids]
+
+        def decode(self, ids, **kw):
+            if ids[0] < 0:
+                raise OverflowError("out of range integral type conversion attempted")
+            if ids[0] == 150:
+                raise IndexError("no such token")
+            return f"w{ids[0]}"
+
+    assert token_texts(np.array([5, -1, 150, 200, 2**40, 7]), Strict()) == [
+        "w5", "\u27e8-1?\u27e9", "\u27e8150?\u27e9", "\u27e8200?\u27e9", f"\u27e8{2**40}?\u27e9", "w7"]
+    t = with_ids(small_table(), [-1, 5, 150, 2**40] + list(range(10)))
+    page = write_report(tj.write_table(t, tmp_path / "ids.parquet"), tmp_path / "ids.html",
+                        tokenizer=Strict()).read_text()
+    assert [text for _, _, text in token_views(page)[0]] == ["\u27e8-1?\u27e9", "w5", "\u27e8150?\u27e9",
+                                                             f"\u27e8{2**40}?\u27e9"]
+    assert "\u27e8id?\u27e9: an id the tokenizer cannot decode" in page
+
+
+def test_mathtext_in_a_column_name(tmp_path):
+    """A `$...$` in an output set's name went to matplotlib's mathtext parser, which raised
+    (ParseException) and killed the report. The names show as written."""
+    t = small_table(False)
+    names = ["_$x^$", "_$$", "_$\\frac$", "_a$b"]
+    for suffix in names:
+        t = tj.compute(t, estimator="sae", suffix=suffix, threshold=0.2, backend="reference")
+    page = write_report(tj.write_table(t, tmp_path / "m.parquet"), tmp_path / "m.html").read_text()
+    check_self_contained(page, images=3)
+    for suffix in names:
+        assert f"<td class=\"l\">advantages{suffix}</td>" in page
+
+
+def test_a_recorded_threshold_out_of_range(tmp_path):
+    """Metadata recording threshold <= 0 (edited, or another tool's) gave "math domain error":
+    that entry is set aside with a warning (`read_info`), the set shows why, and no threshold is
+    counted at it."""
+    t = small_table()
+    doc = json.loads(t.schema.metadata[b"sae_rl"])
+    for bad in (0.0, -0.5):
+        doc["estimators"]["advantages_sae"]["threshold"] = bad
+        path = tmp_path / f"t{bad}.parquet"
+        pq.write_table(t.replace_schema_metadata({b"sae_rl": json.dumps(doc).encode()}), path)
+        with pytest.warns(tj.TrajectoryWarning, match="advantages_sae"):
+            ins = inspect_file(path)
+        sae = ins.sets[1]
+        assert sae.params == {} and "threshold" in sae.invalid
+        assert [t_.threshold for t_ in ins.thresholds] == [0.05, 0.1, 0.2, 0.5]
+        assert all(t_.recorded_by == () for t_ in ins.thresholds)
+        assert "(recorded parameters not valid: threshold" in ins.format()
+        with pytest.warns(tj.TrajectoryWarning):
+            page = write_report(path, tmp_path / "t.html").read_text()
+        assert "recorded parameters not valid" in page
+
+
+def test_report_out_is_checked_before_reading(small_file, tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        write_report(tmp_path / "missing.parquet", tmp_path / "d")  # the input is not even opened
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        write_report(small_file, small_file / "r.html")

@@ -5,9 +5,16 @@
     sae inspect FILE                  a summary: lengths, boundaries, segments, advantage statistics
     sae report FILE --out PAGE.html   a self-contained HTML report with plots and a token view
 
-Exit status: 0 when everything went well, 1 when a file is bad or a shard failed, 2 for a usage
-error. Bad data is reported as messages naming the file, column and first bad row, never as a
-traceback.
+Exit status:
+    0    everything went well
+    1    a file is bad, a shard failed, or a file could not be read or written: one line per
+         problem on stderr, naming the file and the reason (column and first bad row for bad
+         data), never a traceback
+    2    a usage error: a flag or value the command cannot take
+    3    an internal error, i.e. a bug in sae-rl: the traceback, then a line asking to report it
+    130  interrupted (Ctrl-C)
+A reader that leaves early (`sae validate *.parquet | head -1`) is not an error: the command goes
+on with its output discarded, so the status still says whether a bad file was seen.
 """
 
 from __future__ import annotations
@@ -106,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `sae` with `argv` (default: the process's arguments); returns the exit status (see the
+    module docstring). Data and file-system problems become one line each on stderr; anything else
+    escaping a command is a bug, shown with its traceback and a line asking to report it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
-        print(f"sae {args.command}: --batch-size must be at least 1", file=sys.stderr)
-        return 2
-    from ..trajectory import TrajectoryWarning
+        _say(f"sae {args.command}: --batch-size must be at least 1", err=True)
+        return EXIT_USAGE
+    from ..trajectory import TrajectoryError, TrajectoryWarning
 
     caught: list = []
     try:
@@ -120,11 +133,84 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", TrajectoryWarning)  # one line per file, even if repeated
             return {"validate": _validate, "recompute": _recompute, "inspect": _inspect, "report": _report,
                     "demo": _demo, "lab": _lab}[args.command](args)
-    except BrokenPipeError:  # `sae inspect FILE | head`: the reader left, which is not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except KeyboardInterrupt:
+        _say(f"sae {args.command}: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except TrajectoryError as exc:  # from a command that does not name its files itself
+        _say_problems(exc, exc.source or f"sae {args.command}")
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 -- sorted below: a data or file problem, else a bug
+        if _is_data_problem(exc):
+            _say(f"sae {args.command}: {_reason(exc)}", err=True)
+            return EXIT_FAILED
+        _report_bug(args.command)
+        return EXIT_BUG
     finally:  # outside the block: showwarning is Python's own again, not the recorder
         _print_warnings(caught)
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print a line to stdout (or stderr), at once. A reader that left (`sae validate ... | head
+    -1`, a closed pipe) is not an error: the stream is pointed at /dev/null and the command goes
+    on, so that its exit status still covers every file."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):  # a stream without a file descriptor: nothing to redirect
+            pass
+
+
+def _say_problems(exc, where: str) -> None:
+    """One stderr line per problem of a TrajectoryError, each prefixed with the file."""
+    for problem in exc.problems:
+        _say(f"{where}: {problem}", err=True)
+
+
+def _is_data_problem(exc: BaseException) -> bool:
+    """Whether `exc` is about the files rather than sae-rl: the file system (OSError: ENOSPC,
+    EROFS, EACCES, a path that exists...) or Arrow reading or writing one (ArrowException)."""
+    if isinstance(exc, OSError):
+        return True
+    import pyarrow as pa  # lazily: `sae --help` need not import it
+
+    return isinstance(exc, pa.ArrowException)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: `FILE: reason` for an OSError that names its file (not Python's
+    `[Errno 28] reason: 'FILE'`), else its message (Arrow's can span several lines)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        where = _name(exc.filename) + ("" if exc.filename2 is None else f" -> {_name(exc.filename2)}")
+        return " ".join(f"{where}: {exc.strerror}".split())
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _name(filename) -> str:
+    return os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else str(filename)  # or an fd
+
+
+def _about(path: str, exc: BaseException) -> str:
+    """`path: reason`, the path not repeated when the reason starts with it."""
+    reason = _reason(exc)
+    return reason if reason.startswith(f"{path}: ") else f"{path}: {reason}"
+
+
+def _report_bug(command: str) -> None:
+    """The traceback of the exception being handled, then a line asking to report it."""
+    import traceback
+
+    from ..version import __version__
+
+    try:
+        traceback.print_exc()
+    except BrokenPipeError:
+        pass
+    _say(f"sae {command}: internal error (a bug in sae-rl {__version__}, not a problem with your files); "
+         "please report it with the command line and the traceback above", err=True)
 
 
 def job_options() -> list[registry.Option]:
@@ -170,7 +256,7 @@ def _print_warnings(caught) -> None:
 
     for w in caught:
         if issubclass(w.category, TrajectoryWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
+            _say(f"warning: {w.message}", err=True)
         else:  # not ours: shown as Python would have shown it
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -178,21 +264,27 @@ def _print_warnings(caught) -> None:
 def _validate(args) -> int:
     from ..trajectory import TrajectoryError, validate_file
 
-    status = 0
+    status = EXIT_OK
+    boundary = getattr(args, _rule_option().name)
     for path in args.files:
         try:
-            boundary = getattr(args, _rule_option().name)
             summary = validate_file(path, estimator=args.estimator, boundary=boundary)
         except TrajectoryError as exc:
-            status = 1
-            for problem in exc.problems:
-                print(f"{path}: {problem}", file=sys.stderr)
+            status = EXIT_FAILED
+            _say_problems(exc, path)
             continue
-        print(summary.line())
+        except Exception as exc:  # noqa: BLE001 -- a file the system cannot read goes like a bad one
+            if not _is_data_problem(exc):
+                raise
+            status = EXIT_FAILED
+            _say(_about(path, exc), err=True)
+            continue
+        _say(summary.line())
     return status
 
 
 def _recompute(args) -> int:
+    from ..trajectory import TrajectoryError
     from .recompute import plan_runs, recompute
 
     common = {o.name: getattr(args, o.name, None) for o in job_options()}
@@ -201,61 +293,85 @@ def _recompute(args) -> int:
         result = recompute(args.input, args.output, runs, engine=args.engine, batch_size=args.batch_size,
                            backend=args.backend, overwrite=args.overwrite, progress=args.progress,
                            ray_address=args.ray_address)
-    except ValueError as exc:
-        print(f"sae recompute: {exc}", file=sys.stderr)
-        return 2
+    except TrajectoryError as exc:
+        _say_problems(exc, exc.source or "sae recompute")
+        return EXIT_FAILED
+    except ValueError as exc:  # a job that cannot run as asked: usage (Arrow's ValueErrors are not)
+        if _is_data_problem(exc):
+            raise
+        _say(f"sae recompute: {exc}", err=True)
+        return EXIT_USAGE
     for f in result.files:
-        print(f.line(), file=sys.stdout if f.status != "failed" else sys.stderr)
-    print(result.summary())
-    return 0 if result.ok else 1
+        _say(f.line(), err=f.status == "failed")
+    _say(result.summary())
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _inspect(args) -> int:
     from ..trajectory import TrajectoryError
-    from .summary import inspect_file
+    from .summary import check_thresholds, inspect_file
 
+    kwargs = {}
+    if args.threshold:
+        try:
+            kwargs["thresholds"] = check_thresholds(args.threshold)
+        except ValueError as exc:
+            _say(f"sae inspect: --threshold: {exc}", err=True)
+            return EXIT_USAGE
     try:
-        kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
         inspection = inspect_file(args.file, batch_size=args.batch_size, **kwargs)
     except TrajectoryError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a threshold or batch size out of range
-        print(f"sae inspect: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(inspection.to_dict(), indent=2) if args.json else inspection.format())
-    return 0
+        _say_problems(exc, args.file)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 -- a file the system cannot read; anything else is a bug
+        if not _is_data_problem(exc):
+            raise
+        _say(_about(args.file, exc), err=True)
+        return EXIT_FAILED
+    _say(json.dumps(inspection.to_dict(), indent=2) if args.json else inspection.format())
+    return EXIT_OK
 
 
 def _report(args) -> int:
     from ..trajectory import TrajectoryError
-    from .report import write_report
+    from .report import check_out, load_tokenizer, write_report
+    from .summary import check_thresholds
 
+    kwargs = {}
+    try:  # the arguments first, before the file is read
+        if args.threshold:
+            kwargs["thresholds"] = check_thresholds(args.threshold)
+        if args.responses < 0:
+            raise ValueError(f"--responses must be at least 0; got {args.responses}")
+        check_out(args.out)
+        tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    except (ValueError, OSError) as exc:  # a threshold out of range, an --out that cannot be a page,
+        _say(f"sae report: {exc}", err=True)  # a tokenizer that does not load
+        return EXIT_USAGE
     try:
-        kwargs = {"thresholds": tuple(args.threshold)} if args.threshold else {}
-        path = write_report(args.file, args.out, tokenizer=args.tokenizer, responses=args.responses,
+        path = write_report(args.file, args.out, tokenizer=tokenizer, responses=args.responses,
                             batch_size=args.batch_size, **kwargs)
     except TrajectoryError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a tokenizer that does not load, a threshold out of range
-        print(f"sae report: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+        _say_problems(exc, args.file)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 -- the page cannot be written (ENOSPC, EROFS, ...); else a bug
+        if not _is_data_problem(exc):
+            raise
+        _say(f"sae report: {_reason(exc)}", err=True)
+        return EXIT_FAILED
+    _say(f"wrote {path}")
+    return EXIT_OK
 
 
 def _demo(args) -> int:
     from ..lab.demo import DemoConfig, run  # lazily: the lab sits above the tools
 
     if args.tasks < 1 or args.samples < 1:
-        print("sae demo: --tasks and --samples must be at least 1", file=sys.stderr)
-        return 2
-    print(run(args.out, DemoConfig(tasks=args.tasks, samples=args.samples, seed=args.seed),
+        _say("sae demo: --tasks and --samples must be at least 1", err=True)
+        return EXIT_USAGE
+    _say(run(args.out, DemoConfig(tasks=args.tasks, samples=args.samples, seed=args.seed),
               report=not args.no_report))
-    return 0
+    return EXIT_OK
 
 
 def _lab(args) -> int:
@@ -273,20 +389,20 @@ def _lab(args) -> int:
         if config.seeds < 1:
             raise ValueError("seeds must be at least 1")
     except (OSError, ValueError, TypeError) as exc:
-        print(f"sae lab: {exc}", file=sys.stderr)
-        return 2
+        _say(f"sae lab: {_reason(exc)}", err=True)
+        return EXIT_USAGE
     results = lab.sweep(config, progress=args.progress)
-    print(f"{config.tasks} tasks x {config.samples} responses per seed, {config.seeds} seeds; "
-          f"mean ± 95% CI over seeds\n")
+    _say(f"{config.tasks} tasks x {config.samples} responses per seed, {config.seeds} seeds; "
+         f"mean ± 95% CI over seeds\n")
     for name, summary in results.items():
-        print(f"critic: {name}\n{lab.format_table(summary)}\n")
+        _say(f"critic: {name}\n{lab.format_table(summary)}\n")
     if args.out:
         doc = {"config": dataclasses.asdict(config),
                "results": {name: {"mean": s.mean, "ci95": s.ci95, "seeds": s.seeds} for name, s in results.items()}}
         with open(args.out, "w") as fh:
             json.dump(doc, fh, indent=1)
-        print(f"wrote {args.out}")
-    return 0
+        _say(f"wrote {args.out}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

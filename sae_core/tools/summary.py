@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +88,8 @@ class Segments:
 class OutputSet:
     """One estimator's outputs: advantages{suffix}, returns{suffix}, boundaries{suffix}.
 
-    params: what the metadata records for the set ({} when it records nothing). returns_mean and
+    params: what the metadata records for the set ({} when it records nothing, or records parameters
+    out of range: then `invalid` says why, and nothing is derived from them). returns_mean and
     segments are None when the file lacks that column of the set. sample: [<= SAMPLE_SIZE] float64
     advantages of valid tokens, a uniform sample (all of them when exact), for histograms.
     """
@@ -99,6 +101,7 @@ class OutputSet:
     returns_mean: float | None
     segments: Segments | None
     sample: np.ndarray = field(repr=False, compare=False)
+    invalid: str | None = None  # why the parameters the metadata records were set aside (`Info.invalid`)
 
     @property
     def estimator(self) -> str:
@@ -111,7 +114,7 @@ class OutputSet:
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"name": self.name, "suffix": self.suffix, "params": self.params,
-                          "advantages": self.advantages.to_dict(), "returns_mean": self.returns_mean,
+                          "invalid": self.invalid, "advantages": self.advantages.to_dict(), "returns_mean": self.returns_mean,
                           "segments": None if self.segments is None else self.segments.to_dict()})
 
 
@@ -243,9 +246,7 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
     Raises TrajectoryError (naming file, column and first bad row) for a file that does not follow
     the standard; ValueError for a threshold outside (0, 1].
     """
-    for p in thresholds:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-            raise ValueError(f"thresholds are probabilities in (0, 1]; got {p!r}")
+    thresholds = check_thresholds(thresholds)
     path = str(path)
     sch = tj.read_schema(path)
     with warnings.catch_warnings():  # iter_batches gives the same warnings below: once is enough
@@ -265,9 +266,11 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
         params = info.estimators.get(name) or {}
         estimator = registry.ESTIMATORS.get(str(params.get("estimator")))
         threshold = params.get(_LOGPROB.option)
+        # a recorded threshold outside (0, 1] (a file written by another tool, edited metadata) has no
+        # log to compare with: it is listed with the set's parameters, but not counted at
         if estimator is not None and estimator.segmental \
                 and params.get("boundary", registry.DEFAULT_RULE) == _LOGPROB.name \
-                and isinstance(threshold, (int, float)):
+                and _is_probability(threshold):
             recorded.setdefault(float(threshold), []).append(name)
     probs = sorted({float(p) for p in thresholds} | set(recorded)) if has_logprobs else []
 
@@ -343,7 +346,7 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
             returns_mean=((ret[name].mean if ret[name].n else math.nan) if "returns" + suffix in names
                           else None),
             segments=seg[name].result() if "boundaries" + suffix in names else None,
-            sample=sample.values))
+            sample=sample.values, invalid=info.invalid.get(name)))
     return Inspection(
         path=path, spec_version=info.spec_version, producer=info.producer, has_metadata=info.has_metadata,
         columns=names, rows=int(lengths_all.size), tokens=int(lengths_all.sum(dtype=np.int64)),
@@ -357,6 +360,21 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
                                   None if name in float_rows or name in other_lengths else c[3])
                         for name, c in nonfinite.items()),
         row_lengths=lengths_all, row_valid=valid_all)
+
+
+def check_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:
+    """`thresholds` as a tuple of floats, each checked to be a probability p in (0, 1] (the
+    logprob rule compares logprobs with log p). Raises ValueError naming the first that is not."""
+    out = []
+    for p in thresholds:
+        if not _is_probability(p):
+            raise ValueError(f"thresholds are probabilities in (0, 1]; got {p!r}")
+        out.append(float(p))
+    return tuple(out)
+
+
+def _is_probability(p: Any) -> bool:
+    return not isinstance(p, bool) and isinstance(p, (int, float)) and 0.0 < p <= 1.0
 
 
 def _row_slices(batch: pa.RecordBatch, max_tokens: int):
@@ -394,5 +412,6 @@ def _count_nonfinite(acc: list[int], x: np.ndarray, valid: np.ndarray | None) ->
 
 __all__ = [
     "Correlation", "DEFAULT_THRESHOLDS", "Inspection", "LengthStats", "NonFinite", "OutputSet",
-    "SAMPLE_SIZE", "Segments", "Threshold", "ValueStats", "counts_stats", "describe_params", "inspect_file",
+    "SAMPLE_SIZE", "Segments", "Threshold", "ValueStats", "check_thresholds", "counts_stats",
+    "describe_params", "inspect_file",
 ]

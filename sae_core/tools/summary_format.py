@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 from .. import registry
 
 if TYPE_CHECKING:
-    from .summary import Inspection
+    from .summary import Inspection, OutputSet
+
+
+# Why the valid counts of the standard's float columns are 0: the one validation refuses such files.
+NONFINITE_NOTE = ("a file with NaN or inf on a valid token of a standard float column is refused, so those "
+                  "counts are 0;\nmasked tokens and columns the standard does not name may hold anything")
 
 
 def _num(x: float | None, width: int = 9, digits: int = 4) -> str:
@@ -42,6 +47,13 @@ def describe_params(params: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+def set_params(s: OutputSet) -> str:
+    """A set's parameter words (`describe_params`), or why the recorded ones were set aside."""
+    if s.invalid:
+        return f"(recorded parameters not valid: {s.invalid})"
+    return describe_params(s.params)
+
+
 def _param_order() -> list[str]:
     rule_options = [r.option for r in registry.RULES.values() if r.option]
     choosers = [o.name for o in registry.OPTIONS.values() if o.kind == "rule"]
@@ -72,7 +84,7 @@ def format_lines(ins: Inspection) -> list[str]:
         out.append("output sets (advantages over valid tokens)")
         width = max(24, max(len(s.name) for s in ins.sets) + 4)
         for s in ins.sets:
-            out.append(f"  {s.name:<{width - 2}}{s.estimator} {describe_params(s.params)}".rstrip())
+            out.append(f"  {s.name:<{width - 2}}{s.estimator} {set_params(s)}".rstrip())
         out.append("")
         out.append(f"{'advantages':<{width}}{'mean':>9}{'std':>9}{'min':>9}{'p01':>9}{'p50':>9}{'p99':>9}"
                    f"{'max':>9}{'ret mean':>10}")
@@ -125,7 +137,8 @@ def format_lines(ins: Inspection) -> list[str]:
             label = n.column + (" (row)" if n.level == "row" else "")
             out.append(f"  {label:<{width - 2}}{n.nan:>9,}{n.inf:>9,}{_int(n.nan_valid, 11)}"
                        f"{_int(n.inf_valid, 11)}")
+        out += [f"  {line}" for line in f"({NONFINITE_NOTE})".splitlines()]
     return out
 
 
-__all__ = ["describe_params", "format_lines"]
+__all__ = ["NONFINITE_NOTE", "describe_params", "format_lines", "set_params"]

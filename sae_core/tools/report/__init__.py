@@ -40,18 +40,44 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
     thresholds: probabilities p for the logprob-rule segments (see `inspect_file`).
     max_tokens: tokens shown per response at most; a longer one shows its first two thirds and
         its last third of these, with the gap marked (keeps the page small for long responses).
-    Returns the Path written. Raises TrajectoryError for a file not in the standard, ValueError for
-    a tokenizer that cannot be loaded.
+    Returns the Path written. Raises TrajectoryError for a file not in the standard (the checks of
+    `sae_core.trajectory.validate_file`), ValueError for a tokenizer that cannot be loaded or an
+    argument out of range, IsADirectoryError / NotADirectoryError for an `out` that cannot be a
+    file (checked before the file is read), OSError naming `out` when the page cannot be written
+    (a full disk, a read-only directory; no temporary file is left).
     """
     if responses < 0 or max_tokens < 2:
         raise ValueError(f"responses must be >= 0 and max_tokens >= 2; got {responses} and {max_tokens}")
+    out = check_out(out)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     ins = inspect_file(path, thresholds=tuple(thresholds), batch_size=batch_size)
     marks = boundary_marks(ins)
     picks = pick_responses(ins, responses, None if marks is None else marks.segments.row_boundaries)
     fetched = fetch_responses(path, ins, picks, batch_size, None if marks is None else marks.threshold)
     page = render(ins, fetched, tok, max_tokens=max_tokens)
-    return write_text_atomic(Path(out), page, overwrite=True)
+    try:
+        return write_text_atomic(out, page, overwrite=True)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # the error names the temporary file beside `out`; the user knows `out`
+        raise OSError(exc.errno, f"cannot write the report: {exc.strerror}", os.fspath(out)) from None
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """`out` as a Path if a page can be written there: not an existing directory, and no parent
+    that exists as something other than a directory. Raises IsADirectoryError or
+    NotADirectoryError saying so (the write itself can still fail: a full disk, no permission)."""
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory: give the path of the page to write, "
+                                f"e.g. {out / 'report.html'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {out}: {parent} is not a directory")
+            break
+    return out
 
 
 def load_tokenizer(tokenizer: Any) -> Any:
@@ -74,4 +100,5 @@ def load_tokenizer(tokenizer: Any) -> Any:
         raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {exc}") from None
 
 
-__all__ = ["Response", "load_tokenizer", "pick_responses", "render", "token_texts", "write_report"]
+__all__ = ["Response", "check_out", "load_tokenizer", "pick_responses", "render", "token_texts",
+           "write_report"]

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..summary import Inspection, OutputSet, describe_params
+from ..summary import Inspection, OutputSet
+from ..summary_format import NONFINITE_NOTE, set_params
 from .plots import plot_advantages, plot_lengths, plot_segments
 from .selection import Marks, Response, boundary_marks, primary_set
 
@@ -24,14 +25,51 @@ _CMAP = "RdBu"  # red: negative advantage, blue: positive
 
 def token_texts(ids: np.ndarray, tokenizer: Any = None) -> list[str]:
     """The display text of each token: its id, or the tokenizer's decoding of that token alone
-    (special tokens kept, no clean-up, so every token shows what it adds)."""
+    (special tokens kept, no clean-up, so every token shows what it adds).
+
+    An id the tokenizer cannot decode (negative, past its vocabulary, or one its decode refuses:
+    fast tokenizers raise OverflowError for -1) shows as `undecodable(id)` (see `_undecodable`).
+    """
     ids = [int(i) for i in ids]
     if tokenizer is None:
         return [str(i) for i in ids]
     kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    try:
+        size = len(tokenizer)  # transformers: the vocabulary with the added tokens
+    except TypeError:  # an object with decode() only
+        size = None
+    ok = [i >= 0 and (size is None or i < size) for i in ids]
+    good = [i for i, fine in zip(ids, ok) if fine]
+    texts = None
     if hasattr(tokenizer, "batch_decode"):
-        return list(tokenizer.batch_decode([[i] for i in ids], **kw))
-    return [tokenizer.decode([i], **kw) for i in ids]
+        texts = _decoded(lambda: tokenizer.batch_decode([[i] for i in good], **kw))
+        if not isinstance(texts, list) or len(texts) != len(good):
+            texts = None
+    if texts is None:  # one at a time: one bad id costs only its own text
+        texts = [_decoded(lambda i=i: tokenizer.decode([i], **kw)) for i in good]
+    decoded = iter(texts)
+    out = []
+    for i, fine in zip(ids, ok):
+        text = next(decoded) if fine else None
+        out.append(text if isinstance(text, str) else _undecodable(i))
+    return out
+
+
+def _decoded(call):
+    """`call()`, or None when the tokenizer fails on its input. Any exception: tokenizers raise
+    OverflowError, IndexError, KeyError, TypeError or, from Rust, pyo3's PanicException, which
+    derives from BaseException; only an interrupt or an exit goes through."""
+    try:
+        return call()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 -- see the docstring
+        return None
+
+
+def _undecodable(token_id: int | str) -> str:
+    """The placeholder shown for a token id the tokenizer cannot decode."""
+    return f"\u27e8{token_id}?\u27e9"  # ⟨-1?⟩: brackets no tokenizer text is likely to hold
 
 
 def _visible(text: str) -> str:
@@ -209,7 +247,7 @@ def render(ins: Inspection, picked: list[Response], tokenizer: Any = None, *, ma
         parts.append(_table(
             ["set", "estimator", "parameters", "mean", "std", "min", "p01", "p50", "p99", "max",
              "returns mean"],
-            [[s.name, s.estimator, describe_params(s.params) or "(none recorded)", s.advantages.mean,
+            [[s.name, s.estimator, set_params(s) or "(none recorded)", s.advantages.mean,
               s.advantages.std, s.advantages.min, s.advantages.p01, s.advantages.p50, s.advantages.p99,
               s.advantages.max, s.returns_mean] for s in ins.sets], left=2, param_col=2))
         parts.append('<p class="note">Statistics over valid tokens'
@@ -252,6 +290,8 @@ def render(ins: Inspection, picked: list[Response], tokenizer: Any = None, *, ma
                             [[n.column, n.level, n.nan, n.inf, n.nan_valid, n.inf_valid]
                              for n in ins.nonfinite],
                             left=2))
+        note = " ".join(NONFINITE_NOTE.split())
+        parts.append(f'<p class="note">{e(note[0].upper() + note[1:])}.</p>')
 
     parts.append(_tokens_section(ins, picked, tokenizer, boundary_marks(ins), max_tokens))
     parts.append(f"<h2>Text summary</h2><details><summary>as <code>sae inspect</code> prints it</summary>"
@@ -283,7 +323,8 @@ def _tokens_section(ins: Inspection, picked: list[Response], tokenizer: Any, mar
                       f'<span class="n b">tok</span></span> boundary ({e(marks.label)})</div>')
     legend.append('<div><span class="tokens" style="padding:0;border:0;background:none">'
                   '<span class="m">tok</span></span> masked (response_mask 0)</div>')
-    legend.append(f"<div>tokens shown as {'decoded text' if tokenizer is not None else 'ids'}; "
+    undecodable = f"{_undecodable('id')}: an id the tokenizer cannot decode; " if tokenizer is not None else ""
+    legend.append(f"<div>tokens shown as {'decoded text' if tokenizer is not None else 'ids'}; {undecodable}"
                   "hover a token for t, id, logprob, value and every set's advantage</div>")
     out.append(f'<div class="legend">{"".join(legend)}</div>')
     key = None if marks is None else marks.key

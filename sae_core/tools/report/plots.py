@@ -23,6 +23,13 @@ def _figure(w: float, h: float):
     return fig
 
 
+def _plain(text: str) -> str:
+    """Text from the file (column and estimator names) as matplotlib shows it literally: an
+    unescaped `$` would start mathtext, and a name such as `advantages_$x^$` would stop the
+    report inside matplotlib's parser (an escaped one, `\\$`, shows as `$`)."""
+    return text.replace("$", r"\$")
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -58,8 +65,9 @@ def plot_segments(ins: Inspection) -> str | None:
     series = [(f"p = {t.threshold:g}: {100 * t.segments.fraction:.1f}% boundaries, "
                f"mean {t.segments.lengths.mean:.3g}" + (" (recorded)" if t.recorded_by else ""), t.segments)
               for t in ins.thresholds]
-    sets = [(f"{s.name}: {100 * s.segments.fraction:.1f}% boundaries, mean {s.segments.lengths.mean:.3g}",
-             s.segments) for s in ins.sets if s.segmental and s.segments is not None]
+    sets = [(_plain(f"{s.name}: {100 * s.segments.fraction:.1f}% boundaries, "
+                    f"mean {s.segments.lengths.mean:.3g}"), s.segments)
+            for s in ins.sets if s.segmental and s.segments is not None]
     panels = [("logprob rule: a boundary where logprob < log p", series, "viridis"),
               ("output sets: their boundaries columns", sets, None)]
     panels = [(title, [x for x in ss if x[1].segments], cmap) for title, ss, cmap in panels]
@@ -103,7 +111,7 @@ def plot_advantages(ins: Inspection) -> str | None:
         ax.hist(s.sample, bins=edges, color=_SET_COLOURS[i % len(_SET_COLOURS)], alpha=0.8)
         ax.axvline(0, color="#555", lw=0.8)
         ax.set_yscale("log")
-        ax.set_title(f"{s.name} ({s.estimator})", fontsize=10)
+        ax.set_title(_plain(f"{s.name} ({s.estimator})"), fontsize=10)
         ax.text(0.02, 0.95, f"mean {a.mean:.3g}\nstd {a.std:.3g}\np01 {a.p01:.3g}  p99 {a.p99:.3g}",
                 transform=ax.transAxes, va="top", fontsize=8, family="monospace")
         ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,9 @@ def pick_responses(ins: Inspection, n: int, row_boundaries: np.ndarray | None = 
 
 def fetch_responses(path, ins: Inspection, picks: list[tuple[int, str]], batch_size: int,
            threshold: float | None) -> list[Response]:
-    """The picked rows' per-token data, in a second streaming pass that stops after the last one."""
+    """The picked rows' per-token data, in a second streaming pass that stops after the last one.
+    The first pass (`inspect_file`) validated the file: this one only reads, and its warnings
+    (no metadata, a newer minor version) were given by the first."""
     if not picks:
         return []
     names = set(ins.columns)
@@ -111,10 +114,18 @@ def fetch_responses(path, ins: Inspection, picks: list[tuple[int, str]], batch_s
         cols.append(s.name)
         if "boundaries" + s.suffix in names:
             cols.append("boundaries" + s.suffix)
-    wanted = dict(picks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tj.TrajectoryWarning)
+        batches = tj.iter_batches(path, batch_size=batch_size, columns=cols, validate=False)
+        found = _fetch(batches, ins, dict(picks), cols, threshold)
+    return [found[r] for r, _ in picks if r in found]
+
+
+def _fetch(batches, ins: Inspection, wanted: dict[int, str], cols: list[str], threshold: float | None
+           ) -> dict[int, Response]:
     found: dict[int, Response] = {}
     first = 0
-    for batch in tj.iter_batches(path, batch_size=batch_size, columns=cols):
+    for batch in batches:
         for row in sorted(r for r in wanted if first <= r < first + batch.num_rows):
             t = tj.to_ragged(batch.slice(row - first, 1), cols).tokens
             valid = (np.asarray(t["response_mask"]) != 0) if "response_mask" in t else np.ones(
@@ -130,7 +141,7 @@ def fetch_responses(path, ins: Inspection, picks: list[tuple[int, str]], batch_s
         first += batch.num_rows
         if len(found) == len(wanted):
             break
-    return [found[r] for r, _ in picks if r in found]
+    return found
 
 
 __all__ = ["Marks", "Response", "boundary_marks", "fetch_responses", "pick_responses", "primary_set"]
