@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sae_core import trajectory as tj
-from sae_core.tools.cli import build_parser, main
+from sae_core.tools.cli import main
 
 
 def table(n=3, nan_row=None):

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .columns import COLUMNS, column_for, needed_columns, type_name
 from .errors import Problem, TrajectoryError
