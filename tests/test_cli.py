@@ -60,15 +60,6 @@ def test_a_file_from_another_tool_is_good_with_a_warning(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("warning: ") and "no 'sae_rl' metadata" in err[0]
 
 
-def test_inspect_warns_once_per_file(tmp_path, capsys):
-    """inspect reads the schema, then the data: the metadata warning is still said once."""
-    pq.write_table(pa.table({"trajectory_id": ["a"], "response_ids": [[1, 2]], "rewards": [[0.0, 1.0]]}),
-                   tmp_path / "plain.parquet")
-    assert main(["inspect", str(tmp_path / "plain.parquet")]) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
-    assert len(err) == 1 and "no 'sae_rl' metadata" in err[0]
-
-
 def broken(tmp_path, how):
     path = tmp_path / f"{how}.{'arrow' if 'ipc' in how else 'parquet'}"
     data = Path(good(tmp_path / f"src-{how}.{path.suffix[1:]}", 50)).read_bytes()

@@ -254,12 +254,9 @@ def _parser_of(option: registry.Option):
 def _print_warnings(caught) -> None:
     from ..trajectory import TrajectoryWarning
 
-    said = set()
     for w in caught:
         if issubclass(w.category, TrajectoryWarning):
-            if str(w.message) not in said:  # a file read twice (schema, then data) warns twice
-                said.add(str(w.message))
-                _say(f"warning: {w.message}", err=True)
+            _say(f"warning: {w.message}", err=True)
         else:  # not ours: shown as Python would have shown it
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
