@@ -185,7 +185,8 @@ def estimator_params(estimator: str, **kwargs: Any) -> dict[str, Any]:
 
 def _spec_and_data(estimator, gamma, mask_mode, critic_lam, options, given) -> tuple[EstimatorSpec, dict]:
     """The validated spec, and the per-token data its rule reads (checked for presence)."""
-    if registry.ESTIMATORS.get(estimator, registry.Estimator("", "")).segmental and options.get("boundary") is None:
+    known = registry.ESTIMATORS.get(estimator)  # an unknown name is refused by make_spec below
+    if known is not None and known.segmental and options.get("boundary") is None:
         for rule in registry.RULES.values():  # data that only an option-less rule reads selects it (given)
             if rule.option is None and given.get(rule.data) is not None:
                 options = {**options, "boundary": rule.name}

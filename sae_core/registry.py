@@ -200,14 +200,6 @@ ESTIMATORS = {e.name: e for e in (
 )}
 
 
-def estimator_names() -> tuple[str, ...]:
-    return tuple(ESTIMATORS)
-
-
-def rule_names() -> tuple[str, ...]:
-    return tuple(RULES)
-
-
 # ----------------------------------------------------------------------------------------------
 # checks shared by every entry point
 
@@ -410,6 +402,6 @@ def parse_run(text: str) -> tuple[str, dict[str, Any]]:
 __all__ = [
     "BACKENDS", "COMMON", "DATA", "DEFAULT_RULE", "ESTIMATORS", "Data", "Estimator", "MASK_MODES", "OPTIONS",
     "Option", "PAPER_LAM", "PAPER_THRESHOLD", "RULES", "Rule", "VAPO_ALPHA", "boundary_rule", "check_options",
-    "estimator_names", "estimator_params", "make_spec", "needed_data", "parse_run", "recorded_params",
-    "rule_names", "run_options",
+    "check_estimator", "estimator_params", "make_spec", "needed_data", "parse_run", "recorded_params",
+    "rule_options", "run_options", "scalar", "score_data", "token_ids",
 ]

@@ -146,3 +146,21 @@ def tolerance(dtype) -> dict:
     if np.dtype(dtype) == np.float32:
         return {"rtol": 1e-5, "atol": 1e-5}
     return {"rtol": 1e-10, "atol": 1e-10}
+
+
+def rollouts(n=20, seed=0, max_len=40, prefix="r", min_len=0):
+    """A trajectory table of n responses of min_len..max_len tokens: response ids, a mask with gaps,
+    log-probs, values, a group id per four rows and a 0/1 reward."""
+    from sae_core import trajectory as tj
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, max_len + 1, size=n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(offsets[-1])
+    return tj.from_ragged(offsets, {
+        "response_ids": rng.integers(0, 50, size=total),
+        "response_mask": rng.random(total) < 0.9,
+        "logprobs": -rng.exponential(1.0, size=total),
+        "values": rng.normal(size=total)},
+        {"trajectory_id": [f"{prefix}{i}" for i in range(n)], "group_id": [f"g{i // 4}" for i in range(n)],
+         "reward": rng.integers(0, 2, size=n).astype(np.float32)})

@@ -20,29 +20,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import rollouts as shared_rollouts
 from sae_core import trajectory as tj
 from sae_core.tools import jobs
 from sae_core.tools import recompute as rc
 from sae_core.tools.cli import main
 
 
-def rollouts(n, seed, prefix, max_len=40):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_len + 1, size=n)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    total = int(offsets[-1])
-    return tj.from_ragged(offsets, {
-        "response_ids": rng.integers(0, 50, size=total),
-        "response_mask": rng.random(total) < 0.9,
-        "logprobs": -rng.exponential(1.0, size=total),
-        "values": rng.normal(size=total)},
-        {"trajectory_id": [f"{prefix}{i}" for i in range(n)], "group_id": [f"g{i // 4}" for i in range(n)],
-         "reward": rng.integers(0, 2, size=n).astype(np.float32)})
+def rollouts(n, seed, prefix):
+    """The shared rollouts with responses of 1 to 40 tokens, as these tests were written with."""
+    return shared_rollouts(n, seed=seed, prefix=prefix, min_len=1)
 
 
 def make_shards(root: Path, n: int, rows: int = 40) -> list[str]:

@@ -12,24 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from helpers import rollouts
 from sae_core import trajectory as tj
 from sae_core.tools import recompute as rc
 from sae_core.tools.cli import main
-
-
-def rollouts(n=20, seed=0, max_len=40, prefix="r"):
-    """n responses of 0..max_len tokens with logprobs, values, a mask with gaps, a scalar reward."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(0, max_len + 1, size=n)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    total = int(offsets[-1])
-    return tj.from_ragged(offsets, {
-        "response_ids": rng.integers(0, 50, size=total),
-        "response_mask": rng.random(total) < 0.9,
-        "logprobs": -rng.exponential(1.0, size=total),
-        "values": rng.normal(size=total)},
-        {"trajectory_id": [f"{prefix}{i}" for i in range(n)], "group_id": [f"g{i // 4}" for i in range(n)],
-         "reward": rng.integers(0, 2, size=n).astype(np.float32)})
 
 
 def expected(table, runs):
