@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -308,3 +309,160 @@ def test_example_scripts_are_valid_verl_configs(script, tmp_path):
         assert options(cfg.algorithm) == {"threshold": 0.2, "lam": 0.95, "dump_dir": str(tmp_path / "dump")}
     else:
         assert cfg.algorithm.adv_estimator == "gae" and cfg.algorithm.lam == 0.95
+
+
+# ----------------------------------------------------------------------------------------------
+# what the trainers tell the adapter: their step, and on v1 the TransferQueue fields
+
+
+def nested_fields(data):
+    """A stand-in for the v1 trainer's TransferQueue read: the fields its advantage step does not
+    fetch, as veRL stores them (nested: one tensor per row, responses as long as the response,
+    prompts without padding). Returns fetch(names) -> {name: nested tensor}."""
+    b = data.batch
+    mask = b["response_mask"].bool()
+    lengths = [int(m.nonzero().max()) + 1 for m in mask]
+    attn = b["attention_mask"][:, : b["prompts"].shape[1]].bool()
+    stored = {
+        "responses": torch.nested.nested_tensor([r[:n] for r, n in zip(b["responses"], lengths, strict=True)],
+                                                layout=torch.jagged),
+        "prompts": torch.nested.nested_tensor([p[a] for p, a in zip(b["prompts"], attn, strict=True)],
+                                              layout=torch.jagged),
+    }
+    asked = []
+
+    def fetch(names):
+        asked.extend(names)
+        missing = [n for n in names if n not in stored]
+        if missing:
+            raise KeyError(f"fields {missing} not found")
+        return {n: stored[n] for n in names}
+
+    fetch.asked = asked
+    return fetch
+
+
+def v1_view(data):
+    """The batch as the v1 advantage step builds it: only the fields it fetches."""
+    keep = ("response_mask", "rm_scores", "old_log_probs", "values", "token_level_rewards", "token_level_scores")
+    tensors = {k: v for k, v in data.batch.items() if k in keep}
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": data.non_tensor_batch["uid"]})
+
+
+def test_dumps_are_named_by_the_trainers_step_and_a_resumed_step_replaces_its_file(tmp_path, caplog):
+    from sae_verl import estimator
+
+    trainer = SimpleNamespace(global_steps=12)
+    with estimator.trainer_step(trainer):
+        run(batch(), threshold=0.3, dump_dir=str(tmp_path))  # meta_info says 7; the trainer says 12
+        trainer.global_steps = 13
+        run(batch(seed=1), threshold=0.3, dump_dir=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000012.parquet", "step-00000013.parquet"]
+    assert set(tj.read_table(tmp_path / "step-00000013.parquet").column("step").to_pylist()) == {13}
+    # a resumed run (a new process: nothing dumped yet) trains step 13 again: its file replaces the old one
+    estimator._dumped.clear()
+    with estimator.trainer_step(SimpleNamespace(global_steps=13)), caplog.at_level("WARNING", "sae_verl"):
+        run(batch(seed=2), threshold=0.3, dump_dir=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000012.parquet", "step-00000013.parquet"]
+    assert "replacing" in caplog.text and "step-00000013.parquet" in caplog.text
+    first = tj.read_table(tmp_path / "step-00000013.parquet").column("values").to_pylist()[0]
+    np.testing.assert_allclose(first, batch(seed=2).batch["values"][0, : len(first)].numpy())  # the new run's
+
+
+def test_v1_dump_and_delimiter_rule_read_transferqueue(tmp_path):
+    from sae_verl import estimator
+
+    full = batch()
+    fetch = nested_fields(full)
+    trainer = SimpleNamespace(global_steps=2)
+    delimiters = [int(full.batch["responses"][0, 1]), int(full.batch["responses"][2, 4])]
+    with estimator.trainer_step(trainer, fetch=fetch, v1=True):
+        got = run(v1_view(full), boundary="delimiter", delimiter_ids=delimiters, dump_dir=str(tmp_path))
+    assert "responses" in fetch.asked and "prompts" in fetch.asked
+    want = run(batch(), boundary="delimiter", delimiter_ids=delimiters)  # legacy: responses in the batch
+    assert torch.equal(got.batch["advantages"], want.batch["advantages"])
+    table = tj.read_table(tmp_path / "step-00000002.parquet")
+    assert table.column("prompt_ids").to_pylist()[0] == full.batch["prompts"][0, 2:].tolist()
+    mask = full.batch["response_mask"]
+    first = int(mask[0].nonzero().max()) + 1
+    assert table.column("response_ids").to_pylist()[0] == full.batch["responses"][0, :first].tolist()
+
+
+def test_v1_without_the_field_names_the_v1_trainer():
+    from sae_verl import estimator
+
+    def fetch(names):
+        raise KeyError("no such field")
+
+    with estimator.trainer_step(SimpleNamespace(global_steps=1), fetch=fetch, v1=True):
+        with pytest.raises(ValueError, match="v1 trainer did not store 'responses'"):
+            run(v1_view(batch()), boundary="delimiter", delimiter_ids=[1])
+        with pytest.raises(ValueError, match="bypass_mode"):
+            run(v1_view(batch()), entropy_threshold=1.0)
+
+
+def test_entropy_rule_on_the_legacy_trainer_says_no_setting_keeps_entropies():
+    with pytest.raises(ValueError, match=r"drops them before the advantage step.*trainer\.use_v1=True"):
+        run(batch(), entropy_threshold=1.0)
+
+
+def test_v1_entropy_rule_reads_the_entropy_field():
+    from sae_verl import estimator
+
+    full = batch()
+    g = torch.Generator().manual_seed(5)
+    entropy = torch.rand(*full.batch["values"].shape, generator=g)
+    mask = full.batch["response_mask"]
+    lengths = [int(m.nonzero().max()) + 1 for m in mask]
+    nested = torch.nested.nested_tensor([e[:n] for e, n in zip(entropy, lengths, strict=True)], layout=torch.jagged)
+    with estimator.trainer_step(SimpleNamespace(global_steps=1), fetch=lambda names: {"entropy": nested}, v1=True):
+        got = run(v1_view(full), entropy_threshold=0.5)
+    b = batch().batch
+    padded = torch.nested.to_padded_tensor(nested, 0.0)
+    padded = torch.cat([padded, padded.new_zeros(padded.shape[0], mask.shape[1] - padded.shape[1])], dim=1)
+    want = compute_advantages(b["token_level_rewards"], b["values"], mask, estimator="sae", entropy=padded,
+                              entropy_threshold=0.5)
+    assert torch.equal(got.batch["returns"], want.returns)
+
+
+def pf_ppo_config(estimator, **sae):
+    cfg = algorithm(estimator, **sae)
+    cfg.use_pf_ppo = True
+    cfg.pf_ppo = {"reweight_method": "pow", "weight_pow": 2.0}
+    return cfg
+
+
+def test_pf_ppo_resamples_as_for_verls_gae():
+    """veRL applies PF-PPO after its GAE; sae does the same: the same resampling of the same rows."""
+    torch.manual_seed(11)
+    got = ray_trainer.compute_advantage(batch(), adv_estimator="sae", gamma=1.0, lam=1.0,
+                                        config=pf_ppo_config("sae", threshold=0.3))
+    plain = run(batch(), threshold=0.3)
+    torch.manual_seed(11)
+    want = core_algos.compute_pf_ppo_reweight_data(plain, "pow", 2.0)
+    assert torch.equal(got.batch["advantages"], want.batch["advantages"])
+    assert not torch.equal(got.batch["advantages"], plain.batch["advantages"])  # rows were resampled
+
+
+def test_pf_ppo_on_the_v1_trainer_is_refused():
+    from sae_verl import estimator
+
+    with estimator.trainer_step(SimpleNamespace(global_steps=1), fetch=nested_fields(batch()), v1=True):
+        with pytest.raises(ValueError, match=r"use_pf_ppo=True .* v1 trainer"):
+            ray_trainer.compute_advantage(v1_view(batch()), adv_estimator="sae", config=pf_ppo_config("sae"))
+
+
+def test_fit_knows_the_trainer_and_warms_the_kernels_once():
+    import sae_verl
+    from sae_verl import estimator
+
+    assert hasattr(ray_trainer.RayPPOTrainer.fit, "__sae_rl_original__")
+    estimator._warmed.discard("sae")
+    seen = []
+    fit = sae_verl._fit_wrapper(lambda self: seen.append(estimator.current_step().step) or "done")
+    trainer = SimpleNamespace(global_steps=4, config=OmegaConf.create({"algorithm": algorithm(threshold=0.3)}))
+    assert fit(trainer) == "done" and seen == [4]
+    assert "sae" in estimator._warmed
+    assert estimator.warm_up(trainer.config) is None  # once per process
+    gae = SimpleNamespace(global_steps=1, config=OmegaConf.create({"algorithm": algorithm("gae")}))
+    assert estimator.warm_up(gae.config) is None

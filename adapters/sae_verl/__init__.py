@@ -13,7 +13,10 @@ imports veRL's trainer pays nothing and a process where it cannot import is unaf
   other estimator goes to veRL's own function untouched;
 - the step's SAE metrics (boundary fraction, mean segment length) are added where veRL gathers
   each step's metrics: `compute_data_metrics` of the legacy trainer, `_compute_advantage` of the
-  v1 trainer.
+  v1 trainer;
+- each trainer's `fit` compiles our kernels before the first step (`estimator.warm_up`) and lets
+  `compute` know the trainer (its `global_steps` names the dumps); the v1 trainer's
+  `_compute_advantage` also lets `compute` read from TransferQueue the fields it does not fetch.
 
 Importing this package twice, or reloading it, wraps nothing twice.
 """
@@ -72,32 +75,61 @@ def _data_metrics_wrapper(original: Callable) -> Callable:
     return compute_data_metrics
 
 
-def _v1_compute_advantage_wrapper(original: Callable) -> Callable:
-    """The v1 trainer's `_compute_advantage(self, batch, metrics)`: its `metrics` get ours."""
+def _fit_wrapper(original: Callable) -> Callable:
+    """A trainer's `fit`: our kernels compiled before the first step (when the run's estimator is
+    ours), and the trainer known to `compute` (its global step names the dumps)."""
 
-    def _compute_advantage(self, batch, metrics, *args: Any, **kwargs: Any):
-        from .estimator import pop_metrics
+    def fit(self, *args: Any, **kwargs: Any):
+        from .estimator import trainer_step, warm_up
 
-        out = original(self, batch, metrics, *args, **kwargs)
-        metrics.update(pop_metrics())
-        return out
+        warm_up(getattr(self, "config", None))
+        with trainer_step(self):
+            return original(self, *args, **kwargs)
 
-    return _compute_advantage
+    return fit
+
+
+def _v1_compute_advantage_wrapper(tq_module) -> Callable[[Callable], Callable]:
+    """The v1 trainer's `_compute_advantage(self, batch, metrics)`: `compute` may read the fields
+    this step does not fetch (responses, prompts, entropy) from TransferQueue, and `metrics` get ours."""
+
+    def make(original: Callable) -> Callable:
+        def _compute_advantage(self, batch, metrics, *args: Any, **kwargs: Any):
+            from .estimator import pop_metrics, trainer_step
+
+            def fetch(names):
+                return tq_module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                                 select_fields=list(names))
+
+            with trainer_step(self, fetch=fetch, v1=True):
+                out = original(self, batch, metrics, *args, **kwargs)
+            metrics.update(pop_metrics())
+            return out
+
+        return _compute_advantage
+
+    return make
 
 
 def _patch_binding(module) -> None:
     wrap_attribute(module, "compute_advantage", _compute_advantage_wrapper)
 
 
+def _own_classes(module):
+    return [obj for obj in vars(module).values() if inspect.isclass(obj) and obj.__module__ == module.__name__]
+
+
 def _patch_ray_trainer(module) -> None:
     _patch_binding(module)
     wrap_attribute(module, "compute_data_metrics", _data_metrics_wrapper)
+    for cls in _own_classes(module):  # RayPPOTrainer (SeparateRayPPOTrainer has a fit of its own)
+        wrap_attribute(cls, "fit", _fit_wrapper)
 
 
 def _patch_v1_trainer_base(module) -> None:
-    for obj in vars(module).values():
-        if inspect.isclass(obj) and obj.__module__ == module.__name__:
-            wrap_attribute(obj, "_compute_advantage", _v1_compute_advantage_wrapper)
+    for cls in _own_classes(module):  # PPOTrainer, the base of every v1 trainer
+        wrap_attribute(cls, "_compute_advantage", _v1_compute_advantage_wrapper(module))
+        wrap_attribute(cls, "fit", _fit_wrapper)
 
 
 # module name -> what to do once it has been executed
