@@ -5,8 +5,8 @@ Each run is examples/verl/run_cpu.sh in a subprocess: a private Ray instance, ve
 prompts with a random tiny Qwen2. One asset build (model, tokenizer, prompts) serves every run.
 Four runs, about 1 to 1.5 minutes each on 2 CPU cores:
 
-- legacy trainer, sae, with rollout.n=2, KL in the reward (a reference policy), remove-padding and
-  a trajectory dump;
+- legacy trainer, sae, with rollout.n=2, KL in the reward (a reference policy), remove-padding,
+  the sampler's log-probs (top-p 0.8) and a trajectory dump;
 - legacy trainer, gae, on the same data;
 - v1 trainer (TransferQueue), sae, with a trajectory dump;
 - v1 trainer, gae.
@@ -109,8 +109,12 @@ def run_harness(cpu_home, tmp_path_factory):
 
 
 def legacy_sae(run_harness):
+    # calculate_log_probs: the sampler's processed log-probs reach the batch (rollout_log_probs), which
+    # the adapter reads by default; top_p < 1 makes them recognisable (below)
     return run_harness("legacy-sae", *SAE, "actor_rollout_ref.rollout.n=2", "algorithm.use_kl_in_reward=True",
-                       "actor_rollout_ref.model.use_remove_padding=True", dump=True)
+                       "actor_rollout_ref.model.use_remove_padding=True",
+                       "actor_rollout_ref.rollout.calculate_log_probs=True", "actor_rollout_ref.rollout.top_p=0.8",
+                       dump=True)
 
 
 def v1_sae(run_harness):
@@ -170,6 +174,16 @@ def test_legacy_trainer_sae_with_n2_kl_in_reward_remove_padding(run_harness):
     for metrics in run.metrics.values():
         assert "actor/reward_kl_penalty" in metrics and "timing_s/ref" in metrics
     check_dump(run, rows_per_step=8)  # 4 prompts x n=2
+    # the boundaries came from the rollout's log-probs: veRL compared them with the actor's (so the
+    # batch had them), and a token alone in its top-p nucleus has processed log-prob exactly 0, which
+    # the actor's recomputed log-probs (the full distribution) never give
+    for metrics in run.metrics.values():
+        assert metrics["training/rollout_probs_diff_mean"] > 0
+    zeros = 0
+    for path in sorted(run.dump.iterdir()):
+        padded = tj.to_padded(tj.read_table(path))
+        zeros += int((padded["logprobs"][padded["response_mask"]] == 0).sum())
+    assert zeros > 0
 
 
 def test_legacy_trainer_gae_on_the_same_data(run_harness):
