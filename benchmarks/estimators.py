@@ -1,24 +1,31 @@
-"""Estimator speed against a GAE loop over T and a memory floor, all measured in the same run.
+"""Estimator speed on the inputs frameworks pass, against veRL's loop and a memory floor, in one run.
 
-    .venv/bin/python benchmarks/estimators.py
+    .venv/bin/python benchmarks/estimators.py                 (under `flock /tmp/heavy.lock` on a shared machine)
     python3 benchmarks/estimators.py --device cuda            (a GPU machine; see gpu_check.sh)
 
-CPU (default), on float32 inputs (right-padded responses, 90-100% of T long, a bool mask):
-- the loop: veRL 0.9.1's own `compute_gae_advantage_return` (its Python loop over T, plus its
-  whitening) when verl imports, else the same recurrence as a plain torch loop (`loop_gae` below);
-- our GAE and SAE on the numba backend, and SAE on the torch backend (CPU tensors), all through
-  the public `compute_advantages`; the torch backend twice: with lam 0.95 (it scans in float32)
-  and with lam 0.99 (a factor past F32_MAX_FACTOR: it scans in float64);
-- the floor: numpy copying three float32 [B, T] arrays (reading rewards, values and log-probs and
-  writing as much back, at best).
+CPU (default), on right-padded responses, 90-100% of T long:
+1. first call: a fresh process per case computes a small batch, once with an empty numba cache
+   (compilation) and once with the cache that run left (a later process): seconds, import included;
+2. [256, 8192] and [32, 32768]: the loop to beat (veRL 0.9.1's own `compute_gae_advantage_return`, a
+   Python loop over T, plus its whitening, when verl imports; else `loop_gae`), the floor (numpy
+   copying three float32 [B, T] arrays: reading rewards, values and log-probs and writing as much
+   back, at best), and SAE through the public `compute_advantages` on float32 rewards and values
+   with a mask of every dtype frameworks pass, and the framework layouts: veRL (int64
+   response_mask, float32 values, bfloat16 or float32 log-probs, torch tensors) and OpenRLHF (zero
+   mode, bool action_mask, torch tensors); on the numba backend and on the torch backend (CPU
+   tensors; lam 0.99 makes it scan in float64: "torch f64");
+3. scaling: numba SAE (int64 mask) and the floor from [64, 1024] to [16, 131072], ns per token.
+
+Candidates are timed in interleaved rounds (one call each per round) and the median is reported, so
+a noisy neighbour slows all of them alike. The numba candidates go first, as one interleaved group,
+then the torch ones: torch's OpenMP threads spin for a while after each op and would take a core
+from numba's threads. Each candidate is called once before the rounds (compilation, page faults).
 
 CUDA (`--device cuda`): the loop (`loop_gae`; veRL when it imports), SAE on the torch and Triton
-backends, and the floor: a device-to-device copy of the same three tensors; plus the bandwidth
-each achieves, counting the bytes a fused kernel must move (reads: rewards, values, log-probs,
-mask; writes: advantages, returns, boundaries), against a large device-to-device copy.
-
-Candidates are timed in interleaved rounds (one call each per round) and the median is reported,
-so a noisy neighbour slows all of them alike. Compilation happens in a warm-up call first.
+backends with a bool and an int64 mask, and the floor: a device-to-device copy of the same three
+tensors; plus the bandwidth each achieves, counting the bytes a fused kernel must move (reads:
+rewards, values, log-probs, mask; writes: advantages, returns, boundaries), against a large
+device-to-device copy, and the time that predicts (docs/performance.md, the cost model).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -35,7 +45,14 @@ from sae_core import compute_advantages
 
 CPU_SHAPES = [(256, 8192), (32, 32768)]
 GPU_SHAPES = [(512, 8192), (64, 32768)]
-BYTES_PER_TOKEN = 4 + 4 + 4 + 1 + 4 + 4 + 1  # r, V, logprobs, mask in; A, R, boundaries out
+SCALING = [(64, 1024), (256, 1024), (64, 8192), (256, 8192), (32, 32768), (16, 131072)]
+MASK_DTYPES = ["bool", "uint8", "int8", "int32", "int64", "float16", "float32", "float64"]
+MUST = ["bool", "int64", "float32"]  # the masks the targets name
+BYTES_PER_TOKEN = 4 + 4 + 4 + 1 + 4 + 4 + 1  # r, V, logprobs, bool mask in; A, R, boundaries out
+# first-call cases: (name, mask dtype, estimator kwargs)
+FIRST_CALLS = [("sae, bool mask", "bool", {}), ("sae, int64 mask (veRL)", "int64", {}),
+               ("sae, float32 mask", "float32", {}), ("sae, bool mask, zero mode (OpenRLHF)", "bool",
+                                                       {"mask_mode": "zero"})]
 
 
 def make_inputs(B: int, T: int, seed: int = 0):
@@ -96,60 +113,120 @@ def the_loop():
         return "loop GAE", loop_gae
 
 
+FIRST_CALL_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from sae_core import compute_advantages
+B, T = 8, 64
+r = np.zeros((B, T), np.float32)
+lp = np.full((B, T), -0.1, np.float32)
+compute_advantages(r, r, np.ones((B, T), dtype=sys.argv[1]), estimator="sae", logprobs=lp, backend="numba",
+                   mask_mode=sys.argv[2])
+print(time.perf_counter() - t0)
+"""
+
+
+def first_calls() -> list[str]:
+    """Seconds of a fresh process's first call (import included) per case: with an empty numba cache
+    (it compiles), then with the cache that run left (it loads)."""
+    lines = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for name, mask, kw in FIRST_CALLS:
+            took = []
+            for _ in ("cold", "warm"):
+                out = subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, mask, kw.get("mask_mode", "skip")],
+                                     capture_output=True, text=True, env=env, check=True)
+                took.append(float(out.stdout.split()[-1]))
+            lines.append(f"{name:>40} {took[0]:>9.1f} s {took[1]:>9.2f} s")
+    return lines
+
+
+def cpu_candidates(B: int, T: int):
+    """(numba candidates, torch candidates) at [B, T]: name -> a call, on the same data."""
+    import torch
+
+    rewards, values, mask, logprobs = make_inputs(B, T)
+    tr, tv, tl, tm = (torch.from_numpy(x) for x in (rewards, values, logprobs, mask))
+    tl16 = tl.to(torch.bfloat16)
+    tm64 = tm.long()
+    sae = dict(estimator="sae")
+    numba = {"floor": lambda: (rewards.copy(), values.copy(), logprobs.copy())}
+    for dt in MASK_DTYPES:
+        m = mask.astype(dt)
+        numba[f"numba {dt}"] = (lambda m=m: compute_advantages(rewards, values, m, logprobs=logprobs,
+                                                               backend="numba", **sae))
+    numba["numba veRL bf16"] = lambda: compute_advantages(tr, tv, tm64, logprobs=tl16, backend="numba", **sae)
+    numba["numba veRL f32"] = lambda: compute_advantages(tr, tv, tm64, logprobs=tl, backend="numba", **sae)
+    numba["numba OpenRLHF"] = lambda: compute_advantages(tr, tv, tm, logprobs=tl, mask_mode="zero",
+                                                         backend="numba", **sae)
+    slow = {}
+    for dt in MUST:
+        m = torch.from_numpy(mask.astype(dt))
+        slow[f"torch {dt}"] = (lambda m=m: compute_advantages(tr, tv, m, logprobs=tl, backend="torch", **sae))
+    slow["torch veRL bf16"] = lambda: compute_advantages(tr, tv, tm64, logprobs=tl16, backend="torch", **sae)
+    slow["torch OpenRLHF"] = lambda: compute_advantages(tr, tv, tm, logprobs=tl, mask_mode="zero",
+                                                        backend="torch", **sae)
+    # lam 0.99 puts a factor above F32_MAX_FACTOR: the torch backend scans in float64
+    slow["torch f64 int64"] = lambda: compute_advantages(tr, tv, tm64, logprobs=tl, lam=0.99, backend="torch", **sae)
+    return numba, slow, (tr, tv, tm64)
+
+
+def timed(candidates: dict, rounds: int) -> dict[str, float]:
+    for fn in candidates.values():  # warm-up: compilation and first-touch page faults
+        fn()
+    return interleaved(candidates, rounds)
+
+
 def cpu(args) -> None:
     import numba
     import torch
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, numba threads {numba.get_num_threads()}, "
           f"torch threads {torch.get_num_threads()}, numpy {np.__version__}, numba {numba.__version__}, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    checks = []
+    if args.first_calls:
+        print(f"\nfirst call in a fresh process (import included)\n{'case':>40} {'compiles':>11} {'loads':>11}")
+        print("\n".join(first_calls()))
     loop_name, loop = the_loop()
-    inputs = {shape: make_inputs(*shape) for shape in CPU_SHAPES}
-    ours = {}
-    # numba first, before any torch op: torch's OpenMP threads keep spinning for a while after each
-    # op and would take a core from numba's threads
-    for shape, (rewards, values, mask, logprobs) in inputs.items():
-        fast = {
-            "floor": lambda: (rewards.copy(), values.copy(), logprobs.copy()),
-            "gae": lambda: compute_advantages(rewards, values, mask, estimator="gae", backend="numba"),
-            "sae": lambda: compute_advantages(rewards, values, mask, estimator="sae", logprobs=logprobs,
-                                              backend="numba"),
-        }
-        for fn in fast.values():  # warm-up: compilation and first-touch page faults
-            fn()
-        ours[shape] = interleaved(fast, args.rounds)
-    for shape, (rewards, values, mask, logprobs) in inputs.items():
-        tr, tv, tm, tl = (torch.from_numpy(x) for x in (rewards, values, mask, logprobs))
-        slow = {
-            "torch": lambda: compute_advantages(tr, tv, tm, estimator="sae", logprobs=tl, backend="torch"),
-            # lam 0.99 puts a factor above F32_MAX_FACTOR: the torch backend scans in float64
-            "torch64": lambda: compute_advantages(tr, tv, tm, estimator="sae", logprobs=tl, lam=0.99,
-                                                  backend="torch"),
-        }
-        for fn in slow.values():
-            fn()
-        ours[shape].update(interleaved(slow, max(3, args.rounds // 3)))
-    rows = []
-    for (B, T), (rewards, values, mask, _) in inputs.items():
-        tr, tv, tm = torch.from_numpy(rewards), torch.from_numpy(values), torch.from_numpy(mask).long()
-        loop_s = interleaved({"loop": lambda: loop(tr, tv, tm, 1.0, 0.95)}, args.loop_rounds)["loop"]
-        med = ours[(B, T)]
-        rows.append((B, T, loop_s, med["gae"], med["sae"], med["torch"], med["torch64"], med["floor"]))
-
-    print()
-    header = (f"{'shape':>14} {loop_name:>10} {'numba GAE':>10} {'numba SAE':>10} {'torch SAE':>10} "
-              f"{'torch f64':>10} {'floor':>8} {'loop/numba':>11} {'loop/torch':>11} {'loop/f64':>9} "
-              f"{'SAE/floor':>10}")
-    print(header)
-    print("-" * len(header))
-    for B, T, loop_s, gae_s, sae_s, torch_s, torch64_s, floor_s in rows:
-        print(f"{f'[{B}, {T}]':>14} {loop_s * 1e3:>8.1f}ms {gae_s * 1e3:>8.2f}ms {sae_s * 1e3:>8.2f}ms "
-              f"{torch_s * 1e3:>8.2f}ms {torch64_s * 1e3:>8.2f}ms {floor_s * 1e3:>6.2f}ms {loop_s / sae_s:>10.0f}x "
-              f"{loop_s / torch_s:>10.0f}x {loop_s / torch64_s:>8.0f}x {sae_s / floor_s:>9.2f}x")
-    print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds.")
-    print("torch SAE (lam 0.95) scans in float32; torch f64 is SAE with lam 0.99, past the float32 limit of")
-    print("sae_core.kernels.torch_scan.F32_MAX_FACTOR, so the same backend scans in float64.")
-    print("targets: loop/numba SAE >= 150x, numba SAE/floor <= 2.0x, loop/torch SAE >= 30x at [256, 8192]")
+    for B, T in CPU_SHAPES:
+        numba_c, torch_c, (tr, tv, tm64) = cpu_candidates(B, T)
+        med = timed(numba_c, args.rounds)  # numba first, before any torch op (see the docstring)
+        med.update(timed(torch_c, max(3, args.rounds // 3)))
+        loop_s = interleaved({"loop": lambda: loop(tr, tv, tm64, 1.0, 0.95)}, args.loop_rounds)["loop"]
+        floor = med["floor"]
+        print(f"\n[{B}, {T}]: {loop_name} {loop_s * 1e3:.0f} ms, floor {floor * 1e3:.2f} ms\n"
+              f"{'candidate':>18} {'ms':>8} {'x floor':>8} {'loop/x':>8}")
+        for name, sec in med.items():
+            if name != "floor":
+                print(f"{name:>18} {sec * 1e3:>8.2f} {sec / floor:>8.2f} {loop_s / sec:>8.0f}")
+        for dt in MUST:
+            sec = med[f"numba {dt}"]
+            checks.append((f"[{B}, {T}] numba SAE, {dt} mask: {sec / floor:.2f}x floor (<= 2.0), "
+                           f"{loop_s / sec:.0f}x loop (>= 150)", sec / floor <= 2.0 and loop_s / sec >= 150))
+        if (B, T) == CPU_SHAPES[0]:
+            worst = max(med[k] for k in med if k.startswith("torch ") and "f64" not in k)
+            checks.append((f"[{B}, {T}] torch SAE, slowest float32-scan layout: {loop_s / worst:.0f}x loop (>= 30)",
+                           loop_s / worst >= 30))
+    print(f"\nscaling: numba SAE with an int64 mask, float32 data\n{'shape':>16} {'tokens':>9} {'ms':>8} "
+          f"{'ns/token':>9} {'floor ns/token':>15} {'x floor':>8}")
+    for B, T in SCALING:
+        rewards, values, mask, logprobs = make_inputs(B, T)
+        m = mask.astype(np.int64)
+        med = timed({"floor": lambda: (rewards.copy(), values.copy(), logprobs.copy()),
+                     "sae": lambda: compute_advantages(rewards, values, m, estimator="sae", logprobs=logprobs,
+                                                       backend="numba")}, args.rounds)
+        n = B * T
+        print(f"{f'[{B}, {T}]':>16} {n:>9} {med['sae'] * 1e3:>8.2f} {med['sae'] / n * 1e9:>9.2f} "
+              f"{med['floor'] / n * 1e9:>15.2f} {med['sae'] / med['floor']:>8.2f}")
+    print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds; "
+          "x floor = time / floor time; loop/x = the loop's time / time.")
+    print("numba float16: the API reads half-precision masks as float32 (a conversion pass in sae_core.arrays).")
+    print("\ntargets:")
+    for text, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
 
 
 def cuda(args) -> None:
@@ -169,29 +246,30 @@ def cuda(args) -> None:
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s (bytes read + written)")
     loop_name, loop = the_loop()
     backends = ["torch"] + (["triton"] if triton_scan.available(device) else [])
-    header = (f"{'shape':>14} {loop_name:>10} {'floor':>9} " + " ".join(f"{b + ' SAE':>11}" for b in backends)
-              + " " + " ".join(f"{b + ' GB/s':>16}" for b in backends) + f" {'loop/triton':>12}")
-    lines = []
+    print(f"\n{'shape':>14} {'candidate':>14} {'ms':>9} {'B/token':>8} {'GB/s':>6} {'of copy':>8} "
+          f"{'model ms':>9} {'loop/x':>8}")
     for B, T in GPU_SHAPES:
         r, v, m, lp = (torch.from_numpy(x).to(device) for x in make_inputs(B, T))
+        m64 = m.long()
         candidates = {"floor": lambda: (r.clone(), v.clone(), lp.clone())}
         for b in backends:
-            candidates[b] = (lambda b=b: compute_advantages(r, v, m, estimator="sae", logprobs=lp, backend=b))
+            for name, mask in (("bool", m), ("int64", m64)):
+                candidates[f"{b} {name}"] = (lambda b=b, mask=mask: compute_advantages(r, v, mask, estimator="sae",
+                                                                                       logprobs=lp, backend=b))
         for fn in candidates.values():
             fn()
         med = interleaved(candidates, args.rounds, sync)
-        loop_s = interleaved({"loop": lambda: loop(r, v, m.long(), 1.0, 0.95)}, args.loop_rounds, sync)["loop"]
-        moved = BYTES_PER_TOKEN * B * T
-        cells = " ".join(f"{med[b] * 1e3:>9.3f}ms" for b in backends)
-        rates = " ".join(f"{moved / med[b] / 1e9:>7.0f} ({moved / med[b] / 1e9 / copy_gbs:>5.0%})" for b in backends)
-        speedup = f"{loop_s / med['triton']:>11.0f}x" if "triton" in med else f"{'-':>12}"
-        lines.append(f"{f'[{B}, {T}]':>14} {loop_s * 1e3:>8.1f}ms {med['floor'] * 1e3:>7.3f}ms {cells} {rates} {speedup}")
-    print()
-    print(header)
-    print("-" * len(header))
-    print("\n".join(lines))
-    print(f"\nGB/s counts {BYTES_PER_TOKEN} bytes per token; (%) is against the copy above. floor: a device-to-device "
-          "copy of rewards, values and log-probs.")
+        loop_s = interleaved({"loop": lambda: loop(r, v, m64, 1.0, 0.95)}, args.loop_rounds, sync)["loop"]
+        for name, sec in med.items():
+            per_token = 24 if name == "floor" else BYTES_PER_TOKEN + (7 if name.endswith("int64") else 0)
+            moved = per_token * B * T
+            model = moved / (copy_gbs * 1e9)  # the cost model: the bytes at the copy's bandwidth
+            print(f"{f'[{B}, {T}]':>14} {name:>14} {sec * 1e3:>9.3f} {per_token:>8} {moved / sec / 1e9:>6.0f} "
+                  f"{moved / sec / 1e9 / copy_gbs:>8.0%} {model * 1e3:>9.3f} {loop_s / sec:>8.0f}")
+        print(f"{'':>14} {loop_name + ' loop':>14} {loop_s * 1e3:>9.1f}")
+    print(f"\nB/token: the bytes a fused kernel must move ({BYTES_PER_TOKEN} with a bool mask, 7 more with int64; the "
+          "floor copies 3 x 4 bytes each way); of copy: against the device-to-device copy above; model ms: those "
+          "bytes at the copy's bandwidth (docs/performance.md).")
     print("targets: triton >= 50% of the copy bandwidth, loop/triton >= 1000x")
 
 
@@ -200,6 +278,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds for the fast candidates")
     parser.add_argument("--loop-rounds", type=int, default=3, help="calls of the loop over T (seconds each)")
+    parser.add_argument("--no-first-calls", dest="first_calls", action="store_false",
+                        help="skip the fresh-process first calls (a minute: each case compiles once)")
     args = parser.parse_args()
     cpu(args) if args.device == "cpu" else cuda(args)
 

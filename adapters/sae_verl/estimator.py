@@ -37,7 +37,6 @@ import contextlib
 import itertools
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -365,11 +364,12 @@ def warm_up(config: Any) -> float | None:
     """Compile (or load from numba's on-disk cache) the kernels `compute` will use, before the
     trainer's first step, so that `timing_s/adv` of step 1 measures the estimator and not the
     compiler. config: the trainer's full config (`algorithm.adv_estimator`, `algorithm.sae`,
-    `algorithm.gamma`). Runs the estimator once on a [2, 8] float32 batch with each response-mask
-    dtype veRL passes (int64 from the tokenizer's attention mask, float32, bool). Returns the
-    seconds spent, or None when the run's estimator is not one of ours or was warmed already in this
-    process. Says once what it did when it took over a second."""
-    import torch
+    `algorithm.gamma`). Compiles for what both veRL trainers pass: float32 rewards, values and
+    log-probs, an int64 `response_mask` ([B, T], from the tokenizer's attention mask or the agent
+    loop), skip mode (`sae_core.kernels.warmup`). Returns the seconds spent, or None when the run's
+    estimator is not one of ours, was warmed already in this process, or has settings `compute`
+    will refuse (it says so at step 1). Says once what it did when it took over a second."""
+    from sae_core.kernels import warmup
 
     algorithm = config.get("algorithm") if hasattr(config, "get") else getattr(config, "algorithm", None)
     if algorithm is None:
@@ -378,22 +378,12 @@ def warm_up(config: Any) -> float | None:
     if estimator not in translate.ADDED_ESTIMATORS or estimator in _warmed:
         return None
     _warmed.add(estimator)
-    kwargs = translate.estimator_kwargs(estimator, options(algorithm), adapter=ADAPTER_OPTIONS,
-                                        gamma=float(algorithm.get("gamma", 1.0)))
-    names = translate.needed_data(estimator, kwargs)
-    g = torch.Generator().manual_seed(0)
-    shape = (2, 8)
-    start = time.perf_counter()
     try:
-        for mask_dtype in (torch.int64, torch.float32, torch.bool):
-            per_token = {"logprobs": -torch.rand(shape, generator=g), "entropy": torch.rand(shape, generator=g),
-                         "response_ids": torch.randint(0, 8, shape, generator=g)}
-            compute_advantages(torch.rand(shape, generator=g), torch.rand(shape, generator=g),
-                               torch.ones(shape, dtype=mask_dtype), estimator=estimator, **kwargs,
-                               **{name: per_token[name] for name in names if name in per_token})
-    except (TypeError, ValueError):  # settings `compute` refuses: it says so, in its words, at step 1
+        kwargs = translate.estimator_kwargs(estimator, options(algorithm), adapter=ADAPTER_OPTIONS,
+                                            gamma=float(algorithm.get("gamma", 1.0)))
+        seconds = warmup(estimator, dtype="float32", mask_dtype="int64", data_dtype="float32", **kwargs)
+    except (TypeError, ValueError):
         return None
-    seconds = time.perf_counter() - start
     if seconds > 1.0:
         print(f"sae_verl: compiled the {estimator} kernels in {seconds:.1f} s before the first training step "
               "(first use after an install; numba caches them on disk)", flush=True)

@@ -21,8 +21,9 @@ r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
 
 Checks cost nothing on the hot path: a non-finite input on a valid token turns the scan state NaN,
 and NaN survives every later step (NaN * 0 is NaN), so one test of the final state per row finds
-every bad row; only those rows are searched for the first bad token. Masks reach the kernels as
-0/1 bytes, checked on the way in.
+every bad row; only those rows are searched for the first bad token. Masks are read in place, in
+any dtype, as unsigned integers of their width (`mask_bits`), and checked for 0/1 by the same read
+that finds a chunk's valid tokens: a bad entry marks its row's final state, as a non-finite input does.
 
 Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
 lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) takes
@@ -38,9 +39,11 @@ import numba as nb
 import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
+from .numba_compile import jit
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
-CHUNK = 2048  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
+CHUNK = 4096  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
+STAGGER = 64  # tokens between the lanes' chunk starts (256 bytes of float32): see _block
 
 _P_MASK = PROBLEM_COLUMNS.index("response_mask")
 _P_REWARDS = PROBLEM_COLUMNS.index("rewards")
@@ -50,18 +53,30 @@ _P_OVERFLOW = PROBLEM_COLUMNS.index("overflow")
 _NO_CUTS = np.empty(0, dtype=np.float64)
 
 
-@nb.njit(cache=True, nogil=True)
-def _valid_prefix(mask):  # pragma: no cover - compiled
-    """For a 0/1 uint8 mask slice: k when it is k ones followed by zeros only (right padding), else -1."""
-    rises = np.uint8(0)
-    for q in range(mask.shape[0] - 1):
-        rises |= mask[q + 1] & ~mask[q]  # a 0 followed by a 1
-    if rises & 1:
+@jit()
+def _valid_prefix(mask, keep, one):  # pragma: no cover - compiled
+    """For one chunk of a mask in bits (`mask_bits`): k when it is k valid tokens followed by masked
+    ones only (right padding), -1 when it has gaps, -2 when an entry is neither 0 nor 1."""
+    n = mask.shape[0]
+    if n == 0:
+        return 0
+    rises = 0
+    bad = 0
+    for q in range(n - 1):
+        m = mask[q]
+        on = (m & keep) != 0
+        rises |= ((mask[q + 1] & keep) != 0) > on  # a masked token followed by a valid one
+        bad |= on & (m != one)
+    m = mask[n - 1]
+    bad |= ((m & keep) != 0) & (m != one)
+    if bad:
+        return -2
+    if rises:
         return -1
-    lo, hi = 0, mask.shape[0]  # non-increasing: binary search for the first 0
+    lo, hi = 0, n  # non-increasing: binary search for the first masked token
     while lo < hi:
         mid = (lo + hi) // 2
-        if mask[mid]:
+        if mask[mid] & keep:
             lo = mid + 1
         else:
             hi = mid
@@ -73,8 +88,8 @@ def _valid_prefix(mask):  # pragma: no cover - compiled
 # booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3.
 
 
-@nb.njit(cache=True, nogil=True)
-def _prepare(rewards, values, mask, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
+@jit()
+def _prepare(rewards, values, mask, keep, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
              bnd, e, f, e2, f2):  # pragma: no cover - compiled
     """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t.
 
@@ -86,7 +101,7 @@ def _prepare(rewards, values, mask, score, score_sign, cut, given, factors, lam,
     for q in range(rewards.shape[0]):
         valid = True
         if mask is not None:
-            valid = mask[q] != 0
+            valid = (mask[q] & keep) != 0
         # load unconditionally, then select: a load inside a branch stops vectorisation
         r = np.float64(rewards[q])
         v = np.float64(values[q])
@@ -107,26 +122,26 @@ def _prepare(rewards, values, mask, score, score_sign, cut, given, factors, lam,
             bnd[q] = b
         if factors is not None:
             c = np.float64(factors[q])
-        keep = valid
+        takes_part = valid
         if zero is not None:
-            keep = True
-        fq = gamma * c if keep else 1.0
+            takes_part = True
+        fq = gamma * c if takes_part else 1.0
         u = r0 - v0 + check
         f[q] = fq
         e[q] = gamma * v0 + fq * u
         if critic_f is not None:
-            fc = critic_f if keep else 1.0
+            fc = critic_f if takes_part else 1.0
             f2[q] = fc
             e2[q] = gamma * v0 + fc * u
 
 
-@nb.njit(cache=True, nogil=True)
-def _emit(rewards, values, mask, s, s2, zero, adv, ret):  # pragma: no cover - compiled
+@jit()
+def _emit(rewards, values, mask, keep, s, s2, zero, adv, ret):  # pragma: no cover - compiled
     """Pass 3 over one lane's chunk: A_t = r_t - V_t + S, R_t = r_t + S (S' = s2 when not None)."""
     for q in range(rewards.shape[0]):
         valid = True
         if mask is not None:
-            valid = mask[q] != 0
+            valid = (mask[q] & keep) != 0
         r = np.float64(rewards[q])
         arriving = s[q]
         critic_arriving = arriving
@@ -142,7 +157,7 @@ def _emit(rewards, values, mask, s, s2, zero, adv, ret):  # pragma: no cover - c
         ret[q] = r + critic_arriving if valid else masked_r
 
 
-@nb.njit(cache=True, nogil=True, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _scan_lanes(e, f, s, first, s0, s1, s2, s3):  # pragma: no cover - compiled
     """Pass 2: S_t = e_t + f_t * S_{t+1} for four lanes in lockstep, right to left over positions
     [first, CHUNK) of the [LANES, CHUNK] buffers; s[j, p] gets the state arriving at p."""
@@ -161,14 +176,15 @@ def _scan_lanes(e, f, s, first, s0, s1, s2, s3):  # pragma: no cover - compiled
     return s0, s1, s2, s3
 
 
-@nb.njit(cache=True, nogil=True)
-def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+@jit()
+def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
            zero, starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
     """Scan the rows `lanes` (at most LANES of them) in lockstep, chunk by chunk from their ends.
 
-    Lane j's row is seen as if it had j * CHUNK / LANES identity steps after its end, so the lanes'
-    chunks start at staggered offsets: rows of a padded batch lie a power of two apart (T * 4 bytes),
-    and unstaggered chunks would all map to the same cache sets and evict each other.
+    Lane j's row is seen as if it had j * STAGGER identity steps after its end, so the lanes' chunks
+    start at staggered offsets: rows of a padded batch lie a power of two apart (T * 4 bytes), and
+    unstaggered chunks would all map to the same cache sets and evict each other. A few cache lines
+    apart is enough; a wider stagger costs scan steps (a quarter chunk of stagger cost 10-20%).
     """
     n = lanes.shape[0]
     e = np.zeros((LANES, CHUNK))
@@ -184,6 +200,7 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors
     # per lane and chunk: buffer position of the first real token, the flat index of that token, the
     # number of real tokens, and how many of them lead densely (valid; the rest is skip-mode
     # padding), or -1 for a chunk that needs the mask logic
+    broken = np.zeros(LANES, dtype=np.bool_)  # a mask entry other than 0 and 1 in the lane's row
     at = np.zeros(LANES, dtype=np.int64)
     lo = np.zeros(LANES, dtype=np.int64)
     width = np.zeros(LANES, dtype=np.int64)
@@ -191,7 +208,7 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors
     virtual_end = np.zeros(LANES, dtype=np.int64)
     longest = 0
     for j in range(n):
-        virtual_end[j] = lengths[lanes[j]] + j * (CHUNK // LANES)
+        virtual_end[j] = lengths[lanes[j]] + j * STAGGER
         longest = max(longest, virtual_end[j])
     a0 = a1 = a2 = a3 = 0.0
     c0 = c1 = c2 = c3 = 0.0
@@ -211,7 +228,10 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors
             b0 = at[j] if w > 0 else CHUNK
             k = w
             if w > 0 and mask is not None:
-                k = _valid_prefix(mask[lo[j]:lo[j] + w])
+                k = _valid_prefix(mask[lo[j]:lo[j] + w], keep, one)
+                if k == -2:  # the row is reported (`_diagnose`); scan the chunk on the masked path meanwhile
+                    broken[j] = True
+                    k = -1
                 if k < w and zero is not None:
                     k = -1  # zero mode: padding takes part as r = V = 0 steps
             dense[j] = k
@@ -235,12 +255,12 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors
             t1 = t0 + (k if k >= 0 else w)
             cut = cuts[i] if score is not None else 0.0
             if k >= 0:
-                _prepare(rewards[t0:t1], values[t0:t1], None, score[t0:t1] if score is not None else None,
+                _prepare(rewards[t0:t1], values[t0:t1], None, keep, score[t0:t1] if score is not None else None,
                          score_sign, cut, given[t0:t1] if given is not None else None,
                          factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
                          critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
             elif mask is not None:  # always true here; the test lets numba compile this call only with a mask
-                _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1], score[t0:t1] if score is not None else None,
+                _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1], keep, score[t0:t1] if score is not None else None,
                          score_sign, cut, given[t0:t1] if given is not None else None,
                          factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
                          critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
@@ -260,34 +280,39 @@ def _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors
             if k >= 0:
                 adv[t1:t0 + w] = 0.0
                 ret[t1:t0 + w] = 0.0
-                _emit(rewards[t0:t1], values[t0:t1], None, s[j, b0:b1], lane_s2, zero, adv[t0:t1], ret[t0:t1])
+                if score is not None or given is not None:
+                    bnd[t1:t0 + w] = False
+                _emit(rewards[t0:t1], values[t0:t1], None, keep, s[j, b0:b1], lane_s2, zero, adv[t0:t1], ret[t0:t1])
             elif mask is not None:
-                _emit(rewards[t0:t1], values[t0:t1], mask[t0:t1], s[j, b0:b1], lane_s2, zero, adv[t0:t1],
-                      ret[t0:t1])
+                _emit(rewards[t0:t1], values[t0:t1], mask[t0:t1], keep, s[j, b0:b1], lane_s2, zero,
+                      adv[t0:t1], ret[t0:t1])
     # identity steps keep each lane's state once its row is done: these are the final states
     finals = (a0 + 0.0 * c0, a1 + 0.0 * c1, a2 + 0.0 * c2, a3 + 0.0 * c3)  # NaN if either is not finite
     for j in range(n):
-        final[lanes[j]] = finals[j]
+        final[lanes[j]] = np.nan if broken[j] else finals[j]
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _scan(order, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+@jit(parallel=True)
+def _scan(order, rewards, values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
           zero, starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
     """All rows, LANES at a time in the order `order`, blocks spread over the cores."""
     n_blocks = (order.shape[0] + LANES - 1) // LANES
     for k in nb.prange(n_blocks):
         lanes = order[k * LANES:min((k + 1) * LANES, order.shape[0])]
-        _block(lanes, rewards, values, mask, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
+        _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
                zero, starts, lengths, adv, ret, bnd, final)
 
 
-@nb.njit(cache=True, nogil=True)
-def _diagnose(rewards, values, mask, score, start, length, out):  # pragma: no cover - compiled
+@jit()
+def _diagnose(rewards, values, mask, keep, one, score, start, length, out):  # pragma: no cover - compiled
     """The slow path for a row whose final state is not finite: the first bad token per column."""
     for k in range(length - 1, -1, -1):  # right to left, so the last write is the first bad token
         t = start + k
-        if mask is not None and mask[t] == 0:
-            continue
+        if mask is not None:
+            if (mask[t] & keep) == 0:
+                continue
+            if mask[t] != one:
+                out[_P_MASK] = k
         if not math.isfinite(rewards[t]):
             out[_P_REWARDS] = k
         if not math.isfinite(values[t]):
@@ -298,23 +323,23 @@ def _diagnose(rewards, values, mask, score, start, length, out):  # pragma: no c
         out[_P_OVERFLOW] = 0
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _valid_counts(mask, starts, lengths, out):  # pragma: no cover - compiled
+@jit(parallel=True)
+def _valid_counts(mask, keep, starts, lengths, out):  # pragma: no cover - compiled
     for i in nb.prange(starts.shape[0]):
         n = 0
         for t in range(starts[i], starts[i] + lengths[i]):
-            n += mask[t] != 0
+            n += (mask[t] & keep) != 0
         out[i] = n
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _row_quantiles(score, mask, starts, lengths, q, out):  # pragma: no cover - compiled
+@jit(parallel=True)
+def _row_quantiles(score, mask, keep, starts, lengths, q, out):  # pragma: no cover - compiled
     """Per row: numpy's linear-method q-quantile of the valid scores (-inf for an empty row)."""
     for i in nb.prange(starts.shape[0]):
         buf = np.empty(lengths[i], dtype=np.float64)
         n = 0
         for t in range(starts[i], starts[i] + lengths[i]):
-            if mask is None or mask[t] != 0:
+            if mask is None or (mask[t] & keep) != 0:
                 buf[n] = score[t]
                 n += 1
         if n == 0:
@@ -330,24 +355,24 @@ def _row_quantiles(score, mask, starts, lengths, q, out):  # pragma: no cover - 
         out[i] = kept[above] - diff * (1.0 - g) if g >= 0.5 else kept[below] + diff * g
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _fixed_boundaries(mask, starts, lengths, period, out):  # pragma: no cover - compiled
+@jit(parallel=True)
+def _fixed_boundaries(mask, keep, starts, lengths, period, out):  # pragma: no cover - compiled
     """The k-th valid token of each row (k from 0) is a boundary when k % period == 0."""
     for i in nb.prange(starts.shape[0]):
         k = 0
         for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or mask[t] != 0
+            valid = mask is None or (mask[t] & keep) != 0
             out[t] = valid and k % period == 0
             k += valid
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _delimiter_boundaries(ids, mask, starts, lengths, delimiters, out):  # pragma: no cover - compiled
+@jit(parallel=True)
+def _delimiter_boundaries(ids, mask, keep, starts, lengths, delimiters, out):  # pragma: no cover - compiled
     """A valid token is a boundary when the valid token before it is one of `delimiters`."""
     for i in nb.prange(starts.shape[0]):
         after = False
         for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or mask[t] != 0
+            valid = mask is None or (mask[t] & keep) != 0
             out[t] = valid and after
             if valid:
                 after = False
@@ -356,15 +381,15 @@ def _delimiter_boundaries(ids, mask, starts, lengths, delimiters, out):  # pragm
                         after = True
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _lambda_factors(lambdas, mask, starts, lengths, zero, out):  # pragma: no cover - compiled
+@jit(parallel=True)
+def _lambda_factors(lambdas, mask, keep, starts, lengths, zero, out):  # pragma: no cover - compiled
     """out[p] = c_p for the caller's lambdas (`schedules.affine_factors`): the lambda_t of the
     position t that p is next of, 1 for a masked t in zero mode (masked lambdas are never read as
     numbers), 0 at each row's first position that takes part, 1 at skip-mode masked positions."""
     for i in nb.prange(starts.shape[0]):
         previous = 0.0  # the lambda of the last position that took part, 0 before the first
         for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or mask[t] != 0
+            valid = mask is None or (mask[t] & keep) != 0
             if valid or zero:
                 out[t] = previous
                 previous = np.float64(lambdas[t]) if valid else 1.0
@@ -372,29 +397,26 @@ def _lambda_factors(lambdas, mask, starts, lengths, zero, out):  # pragma: no co
                 out[t] = 1.0
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def _mask_to_uint8(mask, starts, lengths, out, problems):  # pragma: no cover - compiled
-    """out = mask as 0/1 bytes; per row, the first entry other than 0 and 1 goes to problems."""
-    for i in nb.prange(starts.shape[0]):
-        for k in range(lengths[i] - 1, -1, -1):
-            m = mask[starts[i] + k]
-            out[starts[i] + k] = m != 0
-            if m != 0 and m != 1:
-                problems[i, _P_MASK] = k
+def mask_bits(mask: np.ndarray | None) -> tuple[np.ndarray | None, np.unsignedinteger, np.unsignedinteger]:
+    """(bits, keep, one): how the kernels read a flat mask of any dtype in place, without a pass over it.
 
-
-def _as_uint8_mask(mask, starts, lengths, problems):
-    """The kernels read masks as 0/1 uint8: bool as it is, uint8 after a check of its maximum, other
-    dtypes converted and checked in one pass (so every mask dtype shares one compiled kernel)."""
+    bits is a view of the mask's own memory as unsigned integers of its width (uint8 for bool and
+    int8, uint16 for int16 and float16, uint32 for int32 and float32, uint64 for int64 and float64),
+    so the kernels are compiled once per width, not once per dtype. A token is valid when
+    `bits & keep != 0` (keep drops a float's sign bit: -0.0 is 0) and an entry is 0/1 when it is 0
+    or exactly `one` (1.0's bit pattern for floats). A mask of another width or byte order (rare:
+    long double, big-endian) is first turned into 0/1 bytes, with 2 for an entry that is neither.
+    """
     if mask is None:
-        return mask
-    if mask.dtype == np.bool_:
-        return mask.view(np.uint8)
-    if mask.dtype == np.uint8 and (mask.size == 0 or mask.max() <= 1):
-        return mask
-    out = np.empty(mask.shape, dtype=np.uint8)
-    _mask_to_uint8(mask, starts, lengths, out, problems)
-    return out
+        return None, np.uint8(0xFF), np.uint8(1)
+    size = mask.dtype.itemsize
+    if mask.dtype.kind not in "biuf" or size not in (1, 2, 4, 8) or not mask.dtype.isnative:
+        return np.where((mask == 0) | (mask == 1), mask != 0, 2).astype(np.uint8), np.uint8(0xFF), np.uint8(1)
+    unsigned = np.dtype(f"u{size}")
+    ones = (1 << (8 * size)) - 1
+    if mask.dtype.kind == "f":
+        return mask.view(unsigned), unsigned.type(ones >> 1), np.ones(1, dtype=mask.dtype).view(unsigned)[0]
+    return mask.view(unsigned), unsigned.type(ones), unsigned.type(1)
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
@@ -403,15 +425,13 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     n_rows = rows.starts.shape[0]
     starts, lengths = rows.starts, rows.lengths
     problems = np.full((n_rows, len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
-    mask = _as_uint8_mask(rows.mask, starts, lengths, problems)
-    if (problems >= 0).any():
-        return None, None, None, problems
+    mask, keep, one = mask_bits(rows.mask)  # checked for 0/1 as the scan reads it
 
     lam_rows = np.full(n_rows, spec.lam if spec.estimator in ("gae", "sae") else 1.0)
     if spec.estimator == "vapo":
         counts = lengths.copy()
         if mask is not None:
-            _valid_counts(mask, starts, lengths, counts)
+            _valid_counts(mask, keep, starts, lengths, counts)
         with np.errstate(divide="ignore", over="ignore"):  # an empty row or a tiny alpha: lambda 0
             lam_rows = np.clip(1.0 - 1.0 / (spec.alpha * counts), 0.0, 1.0)
 
@@ -419,7 +439,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     score_sign, cuts = 1.0, _NO_CUTS
     if spec.estimator == GIVEN_LAMBDAS:
         factors = np.empty(n, dtype=np.float64)
-        _lambda_factors(rows.lambdas, mask, starts, lengths, spec.mask_mode == "zero", factors)
+        _lambda_factors(rows.lambdas, mask, keep, starts, lengths, spec.mask_mode == "zero", factors)
     if spec.boundary in ("logprob", "quantile", "entropy"):
         score = rows.score
         if spec.boundary == "logprob":
@@ -429,29 +449,30 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
             cuts = np.full(n_rows, -spec.entropy_threshold)
         else:
             cuts = np.empty(n_rows, dtype=np.float64)
-            _row_quantiles(score, mask, starts, lengths, spec.quantile, cuts)
+            _row_quantiles(score, mask, keep, starts, lengths, spec.quantile, cuts)
     elif spec.boundary == "given":
         given = rows.given
     elif spec.boundary == "fixed":
         given = np.empty(n, dtype=np.bool_)
-        _fixed_boundaries(mask, starts, lengths, spec.segment_length, given)
+        _fixed_boundaries(mask, keep, starts, lengths, spec.segment_length, given)
     elif spec.boundary == "delimiter":
         given = np.empty(n, dtype=np.bool_)
         delimiters = np.asarray(spec.delimiter_ids, dtype=np.int64)
-        _delimiter_boundaries(rows.response_ids, mask, starts, lengths, delimiters, given)
+        _delimiter_boundaries(rows.response_ids, mask, keep, starts, lengths, delimiters, given)
 
     # rows of similar length share a lockstep scan; padded rows are all alike, so keep them in order
     uniform = n_rows == 0 or lengths.min() == lengths.max()
     order = np.arange(n_rows, dtype=np.int64) if uniform else np.argsort(lengths, kind="stable").astype(np.int64)
     adv = np.empty(n, dtype=compute_dtype)
     ret = np.empty(n, dtype=compute_dtype)
-    bnd = np.zeros(n, dtype=np.bool_)  # written only where a rule can set a boundary
+    # a rule's boundaries are written at every token; without a rule, nowhere
+    bnd = np.empty(n, dtype=np.bool_) if score is not None or given is not None else np.zeros(n, dtype=np.bool_)
     final = np.zeros(n_rows, dtype=np.float64)
     critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
     zero = True if spec.mask_mode == "zero" else None
-    _scan(order, rows.rewards, rows.values, mask, score, score_sign, cuts, given, factors, lam_rows, spec.gamma,
+    _scan(order, rows.rewards, rows.values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, spec.gamma,
           critic_f, zero, starts, lengths, adv, ret, bnd, final)
 
     for i in np.flatnonzero(~np.isfinite(final)):
-        _diagnose(rows.rewards, rows.values, mask, score, starts[i], lengths[i], problems[i])
+        _diagnose(rows.rewards, rows.values, mask, keep, one, score, starts[i], lengths[i], problems[i])
     return adv, ret, bnd, problems

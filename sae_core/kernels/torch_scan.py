@@ -176,8 +176,10 @@ def _row_groups(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:
 def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.dtype:
     """float32 if the outputs are float32 (or narrower) and every factor f = gamma * lambda_t of the
     scan is 0, 1 or at most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds`
-    supplies vapo's per-row lambdas (none: vapo's factor counts as 0). Masked tokens in skip mode
-    have f = 1. The caller's own lambdas (GIVEN_LAMBDAS) are not inspected: always float64."""
+    supplies vapo's per-row lambdas (none: vapo's factor counts as 0) and sae's boundaries (none
+    anywhere: sae's only factor is gamma, so it scans in the dtype mc does and equals it exactly;
+    no scheds: lam's factor counts). Masked tokens in skip mode have f = 1. The caller's own lambdas
+    (GIVEN_LAMBDAS) are not inspected: always float64."""
     if out_dtype == torch.float64 or spec.estimator == GIVEN_LAMBDAS:
         return torch.float64
     g = spec.gamma
@@ -186,6 +188,8 @@ def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.
         factors = [g * max(lams, default=0.0)]
     else:
         factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}[spec.estimator]
+        if spec.estimator == "sae" and scheds and not any(bool(s.boundaries.any()) for s in scheds):
+            factors = [g]
     if spec.critic_lam is not None:
         factors.append(g * spec.critic_lam)
     ok = all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)

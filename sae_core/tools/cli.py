@@ -4,6 +4,7 @@
     sae recompute INPUT OUTPUT ...    estimators over saved rollouts (a file, a directory, a glob)
     sae inspect FILE                  a summary: lengths, boundaries, segments, advantage statistics
     sae report FILE --out PAGE.html   a self-contained HTML report with plots and a token view
+    sae warmup                        compile the CPU kernels ahead of their first use
 
 Exit status:
     0    everything went well
@@ -110,9 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar on stderr (default: when stderr is a terminal)")
 
+    warm = sub.add_parser(
+        "warmup", help="compile the CPU (numba) kernels ahead of their first use",
+        description="Compile the numba kernels for each combination of the flags below, or load them from numba's "
+                    "disk cache, so that the first advantage computation of a training run does not wait for "
+                    "them: seconds once per machine and combination, then a fraction of a second per process.")
+    warm.add_argument("--estimator", action="append", metavar="NAME[:k=v,...]",
+                      help=f"{', '.join(estimators)}, with the options that choose its boundary rule "
+                           "(e.g. sae:boundary=entropy). Repeatable. Default: sae")
+    warm.add_argument("--dtype", action="append", choices=("float32", "float64"),
+                      help="dtype of rewards and values (float32 also covers float16 and bfloat16). Repeatable. "
+                           "Default: float32")
+    warm.add_argument("--mask-dtype", action="append", choices=WARMUP_MASKS,
+                      help="dtype of response_mask (none: no mask). Repeatable. Default: int64 (veRL)")
+    warm.add_argument("--mask-mode", action="append", choices=registry.MASK_MODES,
+                      help="skip (veRL) or zero (OpenRLHF). Repeatable. Default: skip")
+    warm.add_argument("--critic-lam", type=float, default=None, help="a decoupled critic's lambda (VAPO)")
+
     return parser
 
 
+WARMUP_MASKS = ("bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64", "none")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TrajectoryWarning)  # one line per file, even if repeated
             return {"validate": _validate, "recompute": _recompute, "inspect": _inspect, "report": _report,
-                    "demo": _demo, "lab": _lab}[args.command](args)
+                    "demo": _demo, "lab": _lab, "warmup": _warmup}[args.command](args)
     except KeyboardInterrupt:
         _say(f"sae {args.command}: interrupted", err=True)
         return EXIT_INTERRUPTED
@@ -402,6 +421,35 @@ def _lab(args) -> int:
         with open(args.out, "w") as fh:
             json.dump(doc, fh, indent=1)
         _say(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _warmup(args) -> int:
+    import itertools
+
+    from .. import kernels
+
+    try:
+        runs = [registry.parse_run(text) for text in args.estimator or ["sae"]]
+    except (ValueError, TypeError) as exc:
+        _say(f"sae warmup: {exc}", err=True)
+        return EXIT_USAGE
+    total = 0.0
+    for (name, options), dtype, mask, mode in itertools.product(runs, args.dtype or ["float32"],
+                                                                args.mask_dtype or ["int64"],
+                                                                args.mask_mode or ["skip"]):
+        kw = {"mask_mode": mode, "critic_lam": args.critic_lam, **options}
+        try:
+            seconds = kernels.warmup(name, dtype=dtype, mask_dtype=None if mask == "none" else mask, **kw)
+        except (ValueError, TypeError) as exc:
+            _say(f"sae warmup: {exc}", err=True)
+            return EXIT_USAGE
+        total += seconds
+        _say(f"{name} {dtype} values, {mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
+    from ..kernels import numba_compile, numba_scan
+
+    where = numba_compile.cache_dir(numba_scan._scan) or "none (no writable directory: each process compiles)"
+    _say(f"{total:.1f} s in all; {numba_compile.NOTICE.compiled} compiled, the rest loaded; numba cache: {where}")
     return EXIT_OK
 
 

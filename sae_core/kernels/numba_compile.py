@@ -1,0 +1,94 @@
+"""How the numba kernels are compiled: cached on disk, announced when it happens.
+
+numba compiles a kernel on its first call with each combination of argument types (about 5-15 s
+for the scan on a laptop-class CPU) and, with `cache=True`, writes it to disk, so that later
+processes load it in well under a second. Where it writes: `NUMBA_CACHE_DIR` when set, else the
+package's own `__pycache__` when writable, else the user's cache directory (`~/.cache/numba`, or
+`$XDG_CACHE_HOME/numba`): a read-only site-packages caches there. `jit` also covers the case where no
+directory is writable at all, in which numba itself would refuse to import the module: the kernels
+are then compiled in every process, and the notice says so.
+
+The notice: one line on the `sae_core` logger at WARNING, "compiling kernels, first use only ...",
+when numba first starts compiling one of these kernels in a process, i.e. on a cache miss (a cache
+hit is silent). WARNING so that it shows without any logging set up (Python's last-resort handler
+prints it to stderr) and in frameworks that log at INFO. Later compilations in the same process
+(other dtypes) log the same line at INFO, and how long each took; compilation nested inside one
+(the kernels a kernel calls) adds no line. `sae_core.kernels.warmup`
+(and `sae warmup`) compiles ahead of time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numba as nb
+from numba.core import event
+
+log = logging.getLogger("sae_core")
+OURS = ("sae_core.kernels.",)  # modules whose kernels the notice covers
+uncached: list[str] = []  # kernels compiled without a disk cache (no writable directory)
+
+
+def jit(**options: Any) -> Callable:
+    """`numba.njit(cache=True, nogil=True, **options)`, or without the cache where numba finds no
+    writable cache directory (numba would raise RuntimeError at import)."""
+    def wrap(fn):
+        try:
+            return nb.njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError as exc:
+            if "cannot cache" not in str(exc):
+                raise
+            uncached.append(fn.__qualname__)
+            return nb.njit(nogil=True, **options)(fn)
+
+    return wrap
+
+
+def cache_dir(kernel) -> str | None:
+    """The directory numba caches `kernel` (a numba dispatcher) in, None when it is not cached."""
+    locator = getattr(getattr(getattr(kernel, "_cache", None), "_impl", None), "locator", None)
+    return locator.get_cache_path() if locator is not None else None
+
+
+class CompileNotice(event.Listener):
+    """Logs one line when numba starts compiling a kernel of sae_core on a cache miss, and the seconds
+    it took; `compiled` counts those compilations in this process, `seconds` adds up their time."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.started = 0.0
+        self.compiled = 0
+        self.seconds = 0.0
+
+    @staticmethod
+    def _ours(ev) -> bool:
+        fn = getattr(ev.data.get("dispatcher"), "py_func", None)
+        return fn is not None and fn.__module__.startswith(OURS)
+
+    def on_start(self, ev) -> None:  # numba holds its compiler lock: one compilation at a time
+        if not self._ours(ev):
+            return
+        self.depth += 1
+        if self.depth == 1:
+            self.started = time.perf_counter()
+            where = "no writable cache directory: every process compiles" if uncached else "cached for later processes"
+            level = logging.WARNING if self.compiled == 0 else logging.INFO  # one line per process by default
+            log.log(level, "compiling kernels, first use only (numba, %s; seconds per dtype combination, %s; "
+                    "`sae warmup` compiles ahead)", ev.data["dispatcher"].py_func.__name__, where)
+
+    def on_end(self, ev) -> None:
+        if not self._ours(ev):
+            return
+        self.depth -= 1
+        if self.depth == 0:
+            took = time.perf_counter() - self.started
+            self.compiled += 1
+            self.seconds += took
+            log.info("compiled kernels in %.1f s", took)
+
+
+NOTICE = CompileNotice()
+event.register("numba:compile", NOTICE)
