@@ -162,6 +162,8 @@ def main(argv=None) -> dict:
     for e in estimators:
         if e not in toy.ESTIMATORS:
             parser.error(f"unknown estimator {e!r}; choose from {', '.join(toy.ESTIMATORS)}")
+    if importlib.util.find_spec("matplotlib") is None:  # the plot comes last: say so before hours of training
+        parser.error('the plot needs matplotlib: pip install "sae-rl[examples]"')
     seeds = list(range(cmp.seeds))
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,16 @@
 Framework-agnostic: numpy arrays or torch tensors in, the same type out. Never imports verl or
 openrlhf. The layers, from the bottom: `types`, `registry`, `schedules`, `kernels`, this API
 (`api`, `checks`, `whiten`, `segments`), then `trajectory`, `tools`, `lab` and `integration`
-(see docs/architecture.md).
+(see docs/architecture.md). The trajectory standard's documents (SPEC.md, its JSON Schemas, the
+conformance vectors) ship with the package: `spec_path()`, `spec_names()`, `spec_document()`.
+Optional dependencies (torch, matplotlib, ray, ...) are imported only by what needs them
+(`sae_core.extras`).
 """
 
 from . import registry
 from .api import compute_advantages, compute_advantages_from_lambdas, compute_advantages_ragged, estimator_params
 from .segments import segment_counts, segment_stats
+from .spec import spec_document, spec_json, spec_names, spec_path
 from .types import Advantages
 from .version import __version__
 from .whiten import masked_whiten
@@ -32,5 +36,9 @@ __all__ = [
     "masked_whiten",
     "segment_counts",
     "segment_stats",
+    "spec_document",
+    "spec_json",
+    "spec_names",
+    "spec_path",
 ]
 

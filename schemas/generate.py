@@ -1,7 +1,11 @@
-"""Regenerate the machine-readable schema and the conformance vectors from the code.
+"""Regenerate the JSON Schemas and the conformance vectors of the standard from the code.
 
-    python schemas/generate.py          write schemas/trajectory-1.0.json and schemas/conformance/*.parquet
+    python schemas/generate.py          write sae_core/schemas/trajectory-1.0.schema.json,
+                                        metadata-1.0.schema.json and conformance/*.parquet
     python schemas/generate.py --check  exit 1 if the files on disk differ from what the code gives
+
+The files are package data (`sae_core.spec_path()`); this script, a tool of the clone, is not.
+The JSON Schemas come from `sae_core.trajectory.json_schema` (`row_schema`, `metadata_schema`).
 
 The expected outputs come from the reference backend (`sae_core.kernels.reference`, the plain
 float64 loop that is the executable spec). The tests check that the files are current and that
@@ -18,13 +22,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from sae_core import trajectory as tj  # noqa: E402
+from sae_core.trajectory import json_schema  # noqa: E402
 
-JSON_PATH = HERE / f"trajectory-{tj.SPEC_VERSION}.json"
-CONFORMANCE = HERE / "conformance"
+PACKAGE_DATA = ROOT / "sae_core" / "schemas"  # the clone's copy, whatever sae_core is installed
+JSON_SCHEMAS = {PACKAGE_DATA / json_schema.ROW_FILE: json_schema.row_schema,
+                PACKAGE_DATA / json_schema.METADATA_FILE: json_schema.metadata_schema}
+CONFORMANCE = PACKAGE_DATA / "conformance"
 NEWLINE = 13  # the delimiter token id of the delimiter case
 
 # name -> (input set, compute() keyword arguments)
@@ -95,7 +102,7 @@ def case_table(name: str) -> pa.Table:
 
 def expected_files() -> dict[Path, bytes | pa.Table]:
     files: dict[Path, bytes | pa.Table] = {
-        JSON_PATH: (json.dumps(tj.spec_document(), indent=2) + "\n").encode()}
+        path: (json.dumps(make(), indent=2) + "\n").encode() for path, make in JSON_SCHEMAS.items()}
     for name in CASES:
         files[CONFORMANCE / f"{name}.parquet"] = case_table(name)
     return files
@@ -120,7 +127,7 @@ def main() -> int:
             else:
                 tj.write_table(content, path, overwrite=True)
     for path in stale:
-        print(f"stale: {path.relative_to(HERE.parent)}", file=sys.stderr)
+        print(f"stale: {path.relative_to(ROOT)}", file=sys.stderr)
     return 1 if stale else 0
 
 

@@ -16,7 +16,8 @@ PACKAGES = {"sae_core": ROOT / "sae_core", "sae_verl": ROOT / "adapters" / "sae_
 
 # Layers from the bottom (docs/architecture.md). A module may import its own layer and those below.
 LAYERS = [
-    {"sae_core.types", "sae_core.arrays", "sae_core.atomic", "sae_core.version"},
+    {"sae_core.types", "sae_core.arrays", "sae_core.atomic", "sae_core.version", "sae_core.spec",
+     "sae_core.extras"},
     {"sae_core.registry"},
     {"sae_core.schedules"},
     {"sae_core.kernels"},
@@ -24,7 +25,7 @@ LAYERS = [
     {"sae_core.trajectory"},
     {"sae_core.tools"},
     {"sae_core.lab"},
-    {"sae_core.tools.cli"},  # the `sae` command fronts everything, the lab's `sae demo` and `sae lab` too
+    {"sae_core.tools.cli", "sae_core.__main__"},  # `sae` fronts everything, the lab's `sae demo` and `sae lab` too
     {"sae_core.integration"},
     {"sae_verl", "sae_openrlhf"},
 ]

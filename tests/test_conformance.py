@@ -1,6 +1,6 @@
-"""The conformance vectors in schemas/conformance/: current with the code, and reproduced by every
-backend from the parameters their metadata records (the check schemas/conformance/README.md asks
-of other implementations)."""
+"""The conformance vectors in sae_core/schemas/conformance/ (package data): current with the code, and
+reproduced by every backend from the parameters their metadata records (the check their README
+asks of other implementations); the JSON Schemas beside them current with the code."""
 
 import importlib.util
 import json
@@ -12,12 +12,13 @@ import pytest
 from helpers import backends
 from sae_core import trajectory as tj
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-FILES = sorted((SCHEMAS / "conformance").glob("*.parquet"))
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DATA = ROOT / "sae_core" / "schemas"
+FILES = sorted((PACKAGE_DATA / "conformance").glob("*.parquet"))
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("generate", SCHEMAS / "generate.py")
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "schemas" / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -27,10 +28,14 @@ def test_every_case_has_a_file():
     assert {p.stem for p in FILES} == set(load_generator().CASES)
 
 
-def test_json_schema_is_current():
-    on_disk = json.loads((SCHEMAS / f"trajectory-{tj.SPEC_VERSION}.json").read_text())
-    assert on_disk == tj.spec_document()
-    assert [c["name"] for c in on_disk["columns"]] == [c.name for c in tj.COLUMNS]
+def test_json_schemas_are_current():
+    """The shipped JSON Schemas are what the code gives (regenerate with schemas/generate.py)."""
+    row = json.loads((PACKAGE_DATA / f"trajectory-{tj.SPEC_VERSION}.schema.json").read_text())
+    assert row == tj.row_schema()
+    assert list(row["properties"]) == [c.name for c in tj.COLUMNS]
+    meta = json.loads((PACKAGE_DATA / f"metadata-{tj.SPEC_VERSION}.schema.json").read_text())
+    assert meta == tj.metadata_schema()
+    assert not [p for p, _ in load_generator().JSON_SCHEMAS.items() if p.parent != PACKAGE_DATA]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -63,7 +68,7 @@ def test_vectors_cover_what_the_readme_promises():
     stems = {p.stem for p in FILES}
     fractions = {}
     for stem in ("sae_p0.05_skip", "sae_p0.2_skip", "sae_p0.5_skip"):
-        b = tj.to_ragged(tj.read_table(SCHEMAS / "conformance" / f"{stem}.parquet"), ["boundaries"])
+        b = tj.to_ragged(tj.read_table(PACKAGE_DATA / "conformance" / f"{stem}.parquet"), ["boundaries"])
         fractions[stem] = b.tokens["boundaries"].mean()
     assert 0 < fractions["sae_p0.05_skip"] < fractions["sae_p0.2_skip"] < fractions["sae_p0.5_skip"] < 1
     modes = {tj.read_info(tj.read_table(p).schema).estimators["advantages"]["mask_mode"] for p in FILES}

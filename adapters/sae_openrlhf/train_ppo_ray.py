@@ -27,6 +27,7 @@ import sys
 from collections.abc import Iterator
 
 from sae_core import estimator_params, registry
+from sae_core.extras import MissingExtra, available
 from sae_core.integration import translate
 
 from . import ESTIMATORS, install
@@ -183,8 +184,22 @@ def _patched_ray_init() -> Iterator[None]:
         ray.init = original
 
 
+def check_installed() -> None:
+    """Raise `sae_core.extras.MissingExtra` (one line naming the `openrlhf` extra) unless OpenRLHF
+    and Ray, which it runs on, are installed; imports neither."""
+    for package in ("openrlhf", "ray"):
+        if not available(package):
+            raise MissingExtra(package, "openrlhf", "sae-openrlhf-train-ppo")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run OpenRLHF's PPO trainer with sae-rl's estimators available (see the module docstring)."""
+    """Run OpenRLHF's PPO trainer with sae-rl's estimators available (see the module docstring).
+    Without OpenRLHF or Ray: one line on stderr naming the `openrlhf` extra, exit status 2."""
+    try:
+        check_installed()
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -47,8 +47,14 @@ def write_rollouts(rollouts: Rollouts, values: np.ndarray, path: Path) -> Path:
 
 
 def run(out_dir: str | Path, config: DemoConfig = DemoConfig(), report: bool = True) -> str:
-    """Run the demo into `out_dir`; returns the text it prints."""
+    """Run the demo into `out_dir`; returns the text it prints. With `report`, raises
+    `sae_core.extras.MissingExtra` (one line naming the `report` extra) at once without matplotlib."""
     from ..tools.recompute import plan_runs, recompute
+
+    if report:
+        from ..tools.report import require_matplotlib
+
+        require_matplotlib("sae demo (its report; --no-report skips it)")
 
     out_dir = Path(out_dir)
     lines = []

@@ -17,12 +17,14 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..extras import require
 from .jobs import JobError
 
 PROBE_SECONDS = 10.0
 JOIN_SECONDS = 25.0
 _CLIENT_PORT = 10001  # `ray://host` without a port: the Ray client server's default
 _JOIN = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
+NEEDED_BY = "the Ray engine (sae recompute --engine ray)"
 
 
 def probe_address(address: str | None, timeout: float = PROBE_SECONDS, join_timeout: float | None = None
@@ -34,7 +36,9 @@ def probe_address(address: str | None, timeout: float = PROBE_SECONDS, join_time
     None and "auto" mean what they mean to `ray.init`: $RAY_ADDRESS, else the cluster the last
     `ray start` on this machine recorded (Ray's own record, which outlives a crashed cluster),
     else (None) a new local instance, which needs no check; "local" is always a new one.
+    Without Ray installed: `sae_core.extras.MissingExtra`, one line naming the `ray` extra.
     """
+    require("ray", extra="ray", needed_by=NEEDED_BY)
     label = f"--ray-address {address}"
     if address in (None, "auto"):
         address, label = _default_address()
@@ -95,10 +99,12 @@ def run_ray(items: Sequence[dict[str, Any]], one: Callable[[dict[str, Any]], dic
             address: str | None) -> list[dict[str, Any]]:
     """`one(item)` for every item, one Ray Data task each (num_cpus=1), in item order. `one` must
     be picklable and return a flat dict, with the item's "index". The caller has checked `address`
-    (`probe_address`); raises JobError when the cluster cannot be joined all the same."""
+    (`probe_address`); raises JobError when the cluster cannot be joined all the same, and
+    `sae_core.extras.MissingExtra` without Ray Data (the `ray` extra)."""
     if not items:
         return []
-    import ray
+    ray = require("ray", extra="ray", needed_by=NEEDED_BY)
+    require("ray.data", extra="ray", needed_by=NEEDED_BY, package="ray[data]")
 
     started = not ray.is_initialized()
     if started:

@@ -1,6 +1,6 @@
 """What a trajectory file holds: `sae inspect FILE`.
 
-`inspect_file` streams a Parquet / Arrow IPC file in the trajectory standard (schemas/SPEC.md) once,
+`inspect_file` streams a Parquet / Arrow IPC file in the trajectory standard (sae_core/schemas/SPEC.md) once,
 batch by batch, and summarises it: rows and tokens, response lengths, per output set the advantage
 distribution, the mean return and the segments its `boundaries` cut, for the `logprobs` column the
 boundaries and segments the logprob rule would cut at several thresholds, the Pearson correlations

@@ -1,4 +1,4 @@
-"""The trajectory standard (schemas/SPEC.md): Arrow tables of LLM rollouts, one row per response.
+"""The trajectory standard (sae_core/schemas/SPEC.md, `sae_core.spec_path()`): Arrow tables of LLM rollouts, one row per response.
 
 A table holds per-row columns (`trajectory_id`, `group_id`, `step`, `reward`, ...) and per-token
 columns, Arrow lists whose i-th entry has row i's response length (`response_ids`, `logprobs`,
@@ -13,7 +13,8 @@ The modules, lowest first (each imports only those before it):
     errors      Problem, TrajectoryError, TrajectoryWarning
     lists       Arrow list-array helpers (offsets, lengths, the child of a slice)
     metadata    SPEC_VERSION, METADATA_KEY, Info, read_info, with_estimators
-    columns     Column, COLUMNS, column_for, schema, spec_document, needed_columns
+    columns     Column, COLUMNS, column_for, schema, needed_columns
+    json_schema row_schema, metadata_schema (the standard as JSON Schema 2020-12)
     ids         IdIndex: trajectory ids seen so far (exact, compact)
     validation  schema_problems, batch_problems, FileCheck (the one validation), validate
     layouts     Ragged, to_ragged / from_ragged, to_padded / from_padded, place_reward
@@ -23,9 +24,10 @@ The modules, lowest first (each imports only those before it):
     estimate    compute, boundary_rule, estimator_kwargs
 """
 
-from .columns import COLUMN, COLUMNS, OUTPUT_NAMES, Column, column_for, needed_columns, schema, spec_document
+from .columns import COLUMN, COLUMNS, OUTPUT_NAMES, Column, column_for, needed_columns, schema
 from .estimate import boundary_rule, compute, estimator_kwargs
 from .errors import Problem, TrajectoryError, TrajectoryWarning
+from .json_schema import metadata_schema, row_schema
 from .io import SeenIds, Summary, count_rows, iter_batches, read_schema, read_table, validate_file
 from .layouts import Ragged, from_padded, from_ragged, place_reward, to_padded, to_ragged
 from .metadata import METADATA_KEY, READABLE_MAJOR, SPEC_VERSION, Info, read_info, with_estimators
@@ -38,7 +40,7 @@ __all__ = [
     "Ragged", "SPEC_VERSION", "SeenIds", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter",
     "batch_problems",
     "boundary_rule", "column_for", "compute", "count_rows", "estimator_kwargs", "file_format", "from_padded",
-    "from_ragged", "iter_batches", "needed_columns", "place_reward", "read_info", "read_schema", "read_table",
-    "schema", "schema_problems", "spec_document", "to_padded", "to_ragged", "validate", "validate_file",
+    "from_ragged", "iter_batches", "metadata_schema", "needed_columns", "place_reward", "read_info", "read_schema",
+    "read_table", "row_schema", "schema", "schema_problems", "to_padded", "to_ragged", "validate", "validate_file",
     "with_estimators", "write_table",
 ]

@@ -1,4 +1,4 @@
-"""The columns of the trajectory standard (schemas/SPEC.md): names, levels, types, roles.
+"""The columns of the trajectory standard (sae_core/schemas/SPEC.md): names, levels, types, roles.
 
 A table holds per-row columns (`trajectory_id`, `group_id`, `step`, `reward`, ...) and per-token
 columns, Arrow lists whose i-th entry has row i's response length L_i (`response_ids`,
@@ -177,27 +177,4 @@ def schema(names: Iterable[str] | None = None, *, estimators: Mapping[str, Mappi
     return pa.schema(fields, metadata=metadata_bytes(estimators or {}))
 
 
-def spec_document() -> dict[str, Any]:
-    """The machine-readable form of the standard (schemas/trajectory-1.0.json is this, as JSON)."""
-    needs = {name: ["rewards|reward", *needed_columns(name)]
-             for name, e in registry.ESTIMATORS.items() if not e.segmental}
-    needs.update({f"{name}/{rule}": ["rewards|reward", *needed_columns(name, rule)]
-                  for name, e in registry.ESTIMATORS.items() if e.segmental for rule in registry.RULES})
-    return {
-        "spec_version": SPEC_VERSION,
-        "metadata_key": METADATA_KEY,
-        "row": "one row per response",
-        "columns": [
-            {"name": c.name, "level": c.level, "type": type_name(c.canonical), "accepts": c.accepts,
-             "required": c.required, "role": c.role, "description": c.description}
-            for c in COLUMNS
-        ],
-        "reward": "`rewards` (per token), or else `reward` (per row) placed on the row's last valid token",
-        "estimator_needs": needs,
-        "outputs": "advantages, returns, boundaries; a suffix names an estimator's set "
-                   "(advantages_gae, returns_gae, boundaries_gae)",
-    }
-
-
-__all__ = ["COLUMN", "COLUMNS", "Column", "OUTPUT_NAMES", "column_for", "needed_columns", "schema",
-           "spec_document", "type_name"]
+__all__ = ["COLUMN", "COLUMNS", "Column", "OUTPUT_NAMES", "column_for", "needed_columns", "schema", "type_name"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import write_text_atomic
+from ...extras import require
 from ..summary import DEFAULT_THRESHOLDS, inspect_file
 from .html import render, token_texts
 from .selection import Response, boundary_marks, fetch_responses, pick_responses
@@ -44,8 +45,11 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
     `sae_core.trajectory.validate_file`), ValueError for a tokenizer that cannot be loaded or an
     argument out of range, IsADirectoryError / NotADirectoryError for an `out` that cannot be a
     file (checked before the file is read), OSError naming `out` when the page cannot be written
-    (a full disk, a read-only directory; no temporary file is left).
+    (a full disk, a read-only directory; no temporary file is left), and
+    `sae_core.extras.MissingExtra` (one line naming the `report` extra) without matplotlib, before
+    the file is read.
     """
+    require_matplotlib()
     if responses < 0 or max_tokens < 2:
         raise ValueError(f"responses must be >= 0 and max_tokens >= 2; got {responses} and {max_tokens}")
     out = check_out(out)
@@ -62,6 +66,12 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
             raise
         # the error names the temporary file beside `out`; the user knows `out`
         raise OSError(exc.errno, f"cannot write the report: {exc.strerror}", os.fspath(out)) from None
+
+
+def require_matplotlib(needed_by: str = "sae report") -> None:
+    """Raise `sae_core.extras.MissingExtra` (`sae report needs matplotlib: pip install
+    "sae-rl[report]"`) unless matplotlib, which draws the report's plots, is installed."""
+    require("matplotlib", extra="report", needed_by=needed_by)
 
 
 def check_out(out: str | os.PathLike) -> Path:
@@ -100,5 +110,5 @@ def load_tokenizer(tokenizer: Any) -> Any:
         raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {exc}") from None
 
 
-__all__ = ["Response", "check_out", "load_tokenizer", "pick_responses", "render", "token_texts",
-           "write_report"]
+__all__ = ["Response", "check_out", "load_tokenizer", "pick_responses", "render", "require_matplotlib",
+           "token_texts", "write_report"]

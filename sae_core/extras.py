@@ -1,0 +1,51 @@
+"""Optional dependencies: importing one that may be missing, and the one-line error when it is.
+
+sae_core needs only numpy, numba, pyarrow and tqdm. What else a feature imports comes with an
+extra of the sae-rl distribution (pyproject.toml): `report` (matplotlib: `sae report`, `sae demo`'s
+report), `ray` (`sae recompute --engine ray`), `openrlhf` (`sae-openrlhf-train-ppo`), `verl`,
+`examples` (transformers) and `torch`. A feature imports its package with `require`, which turns a
+missing package into `MissingExtra`, whose message is one line naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed. `str(exc)` is one line, e.g.
+    `sae report needs matplotlib: pip install "sae-rl[report]"`.
+
+    package: the missing distribution's import name; extra: the sae-rl extra that installs it;
+    needed_by: the feature that needs it (a command, a function).
+    """
+
+    def __init__(self, package: str, extra: str, needed_by: str):
+        self.package, self.extra, self.needed_by = package, extra, needed_by
+        super().__init__(f'{needed_by} needs {package}: pip install "sae-rl[{extra}]"', name=package)
+
+
+def require(module: str, *, extra: str, needed_by: str, package: str | None = None) -> ModuleType:
+    """Import `module` (a dotted name), or raise MissingExtra when it, or a package it imports, is
+    not installed. package: the name the message gives (default: the top-level name of `module`).
+
+    A package that is installed but fails to import for another reason raises its own ImportError.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise MissingExtra(package or module.partition(".")[0], extra, needed_by) from exc
+
+
+def available(module: str) -> bool:
+    """Whether `module` (a top-level name, e.g. "torch") is installed, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it; a module in sys.modules without a spec
+        return False
+
+
+__all__ = ["MissingExtra", "available", "require"]
