@@ -404,3 +404,92 @@ def test_validate_into_a_closed_pipe_keeps_its_verdict(tmp_path, order):
 
 # ----------------------------------------------------------------------------------------------
 # flags from the registry
+
+
+# ----------------------------------------------------------------------------------------------
+# conventions: --version, help, -q, --json, directories and globs, overwrite, `sae spec`
+
+
+def test_version_and_help(capsys):
+    from sae_core.trajectory.metadata import SPEC_VERSION
+    from sae_core.version import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sae-rl {__version__} (trajectory standard {SPEC_VERSION})"
+    assert main([]) == 2  # `sae` alone: the full help, every command in it
+    out = capsys.readouterr().out
+    for command in ("validate", "recompute", "inspect", "report", "spec", "warmup", "lab", "demo", "--quiet"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["lab", "--help"])
+    assert "95% CI" in capsys.readouterr().out
+
+
+def test_python_m_sae_core_is_sae(tmp_path):
+    path = good(tmp_path / "a.parquet")
+    proc = subprocess.run([sys.executable, "-m", "sae_core", "validate", path], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{path}: ok, 3 trajectories")
+
+
+def test_validate_json_directories_and_globs(tmp_path, capsys):
+    a, b = good(tmp_path / "d" / "a.parquet"), good(tmp_path / "d" / "sub" / "b.parquet", 5)
+    bad = tmp_path / "d" / "sub" / "c.parquet"
+    bad.write_bytes(b"not parquet at all")
+    (tmp_path / "d" / "notes.txt").write_text("not a shard")
+    code = main(["validate", "--json", str(tmp_path / "d")])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [(d["file"], d["ok"]) for d in doc] == [(a, True), (b, True), (str(bad), False)]
+    assert doc[1]["rows"] == 5 and doc[1]["tokens"] == 10 and doc[1]["problems"] == []
+    assert doc[2]["problems"] and "rows" not in doc[2]
+    code, out, err = run(capsys, str(tmp_path / "d" / "**" / "[ab].parquet"))
+    assert code == 0 and [line.split(":")[0] for line in out] == [a, b]
+    code, out, err = run(capsys, str(tmp_path / "nothing-*.parquet"))
+    assert code == 1 and out == [] and err == [f"sae validate: no file matches '{tmp_path / 'nothing-*.parquet'}'"]
+
+
+def test_inspect_takes_a_directory(tmp_path, capsys):
+    for name in ("x", "y"):
+        tj.write_table(tj.compute(table(), estimator="gae", backend="reference"), tmp_path / "in" / f"{name}.parquet")
+    assert main(["inspect", str(tmp_path / "in")]) == 0
+    out = capsys.readouterr().out
+    assert f"== {tmp_path / 'in' / 'x.parquet'}" in out and f"== {tmp_path / 'in' / 'y.parquet'}" in out
+    assert main(["inspect", "--json", str(tmp_path / "in")]) == 0
+    assert [d["file"] for d in json.loads(capsys.readouterr().out)] == [str(tmp_path / "in" / f"{n}.parquet")
+                                                                       for n in ("x", "y")]
+
+
+def test_quiet_silences_warnings_and_each_is_said_once(tmp_path, capsys):
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"trajectory_id": ["a"], "response_ids": [[1, 2]], "rewards": [[0.0, 1.0]]}), plain)
+    assert main(["inspect", str(plain)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len([line for line in err if "no 'sae_rl' metadata" in line]) == 1
+    assert main(["-q", "inspect", str(plain)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_report_refuses_an_existing_page_unless_overwrite(tmp_path, capsys):
+    src = tj.write_table(tj.compute(table(), estimator="gae", backend="reference"), tmp_path / "r.parquet")
+    page = tmp_path / "page.html"
+    page.write_text("mine")
+    assert main(["report", str(src), "--out", str(page)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and page.read_text() == "mine"
+    assert main(["report", str(src), "--out", str(page), "--overwrite"]) == 0
+    assert page.read_text().startswith("<!DOCTYPE html") or "<html" in page.read_text()
+
+
+def test_spec_prints_the_shipped_documents(capsys):
+    assert main(["spec", "--list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "SPEC.md" in names and any(n.endswith(".schema.json") for n in names)
+    assert main(["spec", "--path", "SPEC.md"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.is_file()
+    assert main(["spec"]) == 0
+    assert capsys.readouterr().out.strip() == path.read_text().strip()
+    assert main(["spec", "no-such.md"]) == 2
+    assert "SPEC.md" in capsys.readouterr().err  # the message lists what there is

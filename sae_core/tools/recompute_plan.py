@@ -186,3 +186,27 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
 
 
 __all__ = ["SHARD_SUFFIXES", "EstimatorRun", "Shard", "check_backend", "plan_files", "plan_runs"]
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """The files a command that reads trajectory files is given: each of `paths` as it is when it
+    is not a directory (a FIFO too: the reader refuses it with its own message); every
+    Parquet/IPC file under a directory, recursively, sorted; the files a glob pattern matches
+    ("**" allowed), sorted; a path that does not exist, as it is (reading it fails for that file
+    alone). Order: as given. Raises ValueError naming a pattern or directory that gives no file."""
+    out: list[str] = []
+    for given in paths:
+        src = Path(given)
+        if src.is_dir():
+            files = sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in SHARD_SUFFIXES
+                           and not p.name.startswith(".") and not p.is_dir())
+            if not files:
+                raise ValueError(f"no Parquet or Arrow IPC file under {given}")
+        elif glob.has_magic(given) and not (src.exists() or src.is_symlink()):
+            files = sorted(p for p in glob.glob(given, recursive=True) if Path(p).is_file())
+            if not files:
+                raise ValueError(f"no file matches {given!r}")
+        else:  # a file, or a path that is not there: the reader says so, for this file alone
+            files = [given]
+        out.extend(files)
+    return out

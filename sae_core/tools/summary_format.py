@@ -17,20 +17,26 @@ NONFINITE_NOTE = ("a file with NaN or inf on a valid token of a standard float c
                   "counts are 0;\nmasked tokens and columns the standard does not name may hold anything")
 
 
+def _cell(text: str, width: int) -> str:
+    """`text` right-aligned in `width` columns, and always after at least one space: a value wider
+    than its column pushes the row right rather than running into its neighbour."""
+    return text.rjust(width) if len(text) < width else " " + text
+
+
 def _num(x: float | None, width: int = 9, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-".rjust(width)
-    return f"{x:>{width}.{digits}g}"
+        return _cell("-", width)
+    return _cell(f"{x:.{digits}g}", width)
 
 
 def _int(x: float | None, width: int = 9) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-".rjust(width)
-    return f"{x:>{width},.0f}" if float(x).is_integer() else f"{x:>{width},.1f}"
+        return _cell("-", width)
+    return _cell(f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}", width)
 
 
 def _pct(x: float, width: int = 9) -> str:
-    return "-".rjust(width) if math.isnan(x) else f"{100 * x:>{width - 1}.2f}%"
+    return _cell("-" if math.isnan(x) else f"{100 * x:.2f}%", width)
 
 
 def describe_params(params: dict[str, Any]) -> str:
@@ -106,7 +112,7 @@ def format_lines(ins: Inspection) -> list[str]:
                    f"{'p90':>9}{'max':>9}")
         for sg, label in rows:
             ls = sg.lengths
-            out.append(f"  {label:<{width - 2}}{_pct(sg.fraction)}{ls.count:>11,}{_num(ls.mean)}"
+            out.append(f"  {label:<{width - 2}}{_pct(sg.fraction)}{_cell(f'{ls.count:,}', 11)}{_num(ls.mean)}"
                        f"{_int(ls.p50)}{_int(ls.p90)}{_int(ls.max)}")
         marked = [t for t in ins.thresholds if t.recorded_by]
         for t in marked:
@@ -117,17 +123,18 @@ def format_lines(ins: Inspection) -> list[str]:
     if ins.correlations:
         out.append("")
         out.append("correlations of advantages (Pearson, valid tokens)")
+        # columns numbered, rows named with their number: as wide as the names once, not per column
         names = [s.name for s in ins.sets]
-        width = max(24, max(len(n) for n in names) + 4)
+        labels = [f"({i}) {n}" for i, n in enumerate(names, start=1)]
+        width = max(24, max(len(x) for x in labels) + 4)
         r = {(c.a, c.b): c.r for c in ins.correlations}
         r.update({(c.b, c.a): c.r for c in ins.correlations})
-        col = max(9, max(len(n) for n in names) + 2)
-        out.append(" " * width + "".join(f"{n:>{col}}" for n in names))
-        for a in names:
-            cells = "".join((f"{1.0:>{col}.3f}" if a == b else
-                             ("-".rjust(col) if math.isnan(r[(a, b)]) else f"{r[(a, b)]:>{col}.3f}"))
+        col = 8
+        out.append(" " * width + "".join(_cell(f"({i})", col) for i in range(1, len(names) + 1)))
+        for a, label in zip(names, labels, strict=True):
+            cells = "".join(_cell("1.000" if a == b else ("-" if math.isnan(r[(a, b)]) else f"{r[(a, b)]:.3f}"), col)
                             for b in names)
-            out.append(f"  {a:<{width - 2}}{cells}")
+            out.append(f"  {label:<{width - 2}}{cells}")
 
     if ins.nonfinite:
         out.append("")
@@ -135,7 +142,7 @@ def format_lines(ins: Inspection) -> list[str]:
         out.append(f"{'non-finite values':<{width}}{'NaN':>9}{'inf':>9}{'NaN valid':>11}{'inf valid':>11}")
         for n in ins.nonfinite:
             label = n.column + (" (row)" if n.level == "row" else "")
-            out.append(f"  {label:<{width - 2}}{n.nan:>9,}{n.inf:>9,}{_int(n.nan_valid, 11)}"
+            out.append(f"  {label:<{width - 2}}{_cell(f'{n.nan:,}', 9)}{_cell(f'{n.inf:,}', 9)}{_int(n.nan_valid, 11)}"
                        f"{_int(n.inf_valid, 11)}")
         out += [f"  {line}" for line in f"({NONFINITE_NOTE})".splitlines()]
     return out

@@ -1,0 +1,7 @@
+"""`python -m sae_core.tools.cli ...` is `sae ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

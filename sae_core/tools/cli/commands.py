@@ -1,0 +1,249 @@
+"""The `sae` subcommands: each takes the parsed arguments and returns the exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ... import registry
+from .output import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, _about, _is_data_problem, _reason, _say,
+                     _say_problems)
+from .parser import _rule_option, job_options
+
+
+def _inputs(args, given: list[str]) -> list[str] | None:
+    """The files `given` names (directories and globs expanded, `recompute_plan.expand_inputs`);
+    None after saying why when one names nothing."""
+    from ..recompute_plan import expand_inputs
+
+    try:
+        return expand_inputs(given)
+    except ValueError as exc:
+        _say(f"sae {args.command}: {exc}", err=True)
+        return None
+
+
+def _validate(args) -> int:
+    from ...trajectory import TrajectoryError, validate_file
+
+    files = _inputs(args, args.files)
+    if files is None:
+        return EXIT_FAILED
+    status = EXIT_OK
+    boundary = getattr(args, _rule_option().name)
+    verdicts = []
+    for path in files:
+        try:
+            summary = validate_file(path, estimator=args.estimator, boundary=boundary)
+        except TrajectoryError as exc:
+            status = EXIT_FAILED
+            verdicts.append({"file": path, "ok": False, "problems": [str(p) for p in exc.problems]})
+            if not args.json:
+                _say_problems(exc, path)
+            continue
+        except Exception as exc:  # noqa: BLE001 -- a file the system cannot read goes like a bad one
+            if not _is_data_problem(exc):
+                raise
+            status = EXIT_FAILED
+            verdicts.append({"file": path, "ok": False, "problems": [_reason(exc)]})
+            if not args.json:
+                _say(_about(path, exc), err=True)
+            continue
+        info = summary.info
+        verdicts.append({"file": path, "ok": True, "rows": summary.rows, "tokens": summary.tokens,
+                         "spec_version": info.spec_version, "has_metadata": info.has_metadata,
+                         "outputs": {k: dict(v) for k, v in sorted(info.estimators.items())},
+                         "invalid_outputs": sorted(info.invalid), "problems": []})
+        if not args.json:
+            _say(summary.line())
+    if args.json:
+        _say(json.dumps(verdicts, indent=2, default=str))
+    return status
+
+
+def _recompute(args) -> int:
+    from ...trajectory import TrajectoryError
+    from ..recompute import plan_runs, recompute
+
+    common = {o.name: getattr(args, o.name, None) for o in job_options()}
+    try:
+        runs = plan_runs(args.estimator or ["sae"], common)
+        result = recompute(args.input, args.output, runs, engine=args.engine, batch_size=args.batch_size,
+                           backend=args.backend, overwrite=args.overwrite, progress=args.progress,
+                           ray_address=args.ray_address)
+    except TrajectoryError as exc:
+        _say_problems(exc, exc.source or "sae recompute")
+        return EXIT_FAILED
+    except ValueError as exc:  # a job that cannot run as asked: usage (Arrow's ValueErrors are not)
+        if _is_data_problem(exc):
+            raise
+        _say(f"sae recompute: {exc}", err=True)
+        return EXIT_USAGE
+    for f in result.files:
+        _say(f.line(), err=f.status == "failed")
+    _say(result.summary())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _inspect(args) -> int:
+    from ...trajectory import TrajectoryError
+    from ..summary import check_thresholds, inspect_file
+
+    kwargs = {}
+    if args.threshold:
+        try:
+            kwargs["thresholds"] = check_thresholds(args.threshold)
+        except ValueError as exc:
+            _say(f"sae inspect: --threshold: {exc}", err=True)
+            return EXIT_USAGE
+    files = _inputs(args, args.files)
+    if files is None:
+        return EXIT_FAILED
+    status, docs = EXIT_OK, []
+    for path in files:
+        try:
+            inspection = inspect_file(path, batch_size=args.batch_size, **kwargs)
+        except TrajectoryError as exc:
+            _say_problems(exc, path)
+            status = EXIT_FAILED
+            continue
+        except Exception as exc:  # noqa: BLE001 -- a file the system cannot read; anything else is a bug
+            if not _is_data_problem(exc):
+                raise
+            _say(_about(path, exc), err=True)
+            status = EXIT_FAILED
+            continue
+        if args.json:
+            docs.append(inspection.to_dict() if len(files) == 1 else {"file": path, **inspection.to_dict()})
+        else:
+            _say(inspection.format() if len(files) == 1 else f"== {path}\n{inspection.format()}\n")
+    if args.json and docs:
+        _say(json.dumps(docs[0] if len(files) == 1 else docs, indent=2))
+    return status
+
+
+def _report(args) -> int:
+    from ...trajectory import TrajectoryError
+    from ..report import check_out, load_tokenizer, write_report
+    from ..summary import check_thresholds
+
+    kwargs = {}
+    try:  # the arguments first, before the file is read
+        if args.threshold:
+            kwargs["thresholds"] = check_thresholds(args.threshold)
+        if args.responses < 0:
+            raise ValueError(f"--responses must be at least 0; got {args.responses}")
+        check_out(args.out)
+        if os.path.exists(args.out) and not args.overwrite:
+            raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
+        tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    except (ValueError, OSError) as exc:  # a threshold out of range, an --out that cannot be a page,
+        _say(f"sae report: {exc}", err=True)  # a tokenizer that does not load
+        return EXIT_USAGE
+    try:
+        path = write_report(args.file, args.out, tokenizer=tokenizer, responses=args.responses,
+                            batch_size=args.batch_size, **kwargs)
+    except TrajectoryError as exc:
+        _say_problems(exc, args.file)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 -- the page cannot be written (ENOSPC, EROFS, ...); else a bug
+        if not _is_data_problem(exc):
+            raise
+        _say(f"sae report: {_reason(exc)}", err=True)
+        return EXIT_FAILED
+    _say(f"wrote {path}")
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from ...lab.demo import DemoConfig, run  # lazily: the lab sits above the tools
+
+    if args.tasks < 1 or args.samples < 1:
+        _say("sae demo: --tasks and --samples must be at least 1", err=True)
+        return EXIT_USAGE
+    _say(run(args.out, DemoConfig(tasks=args.tasks, samples=args.samples, seed=args.seed),
+              report=not args.no_report))
+    return EXIT_OK
+
+
+def _lab(args) -> int:
+    import dataclasses
+
+    from ... import lab  # lazily: the lab sits above the tools
+
+    try:
+        config = lab.SweepConfig()
+        if args.config:
+            with open(args.config) as fh:
+                config = lab.SweepConfig.from_dict(json.load(fh))
+        if args.seeds is not None:
+            config = dataclasses.replace(config, seeds=args.seeds)
+        if config.seeds < 1:
+            raise ValueError("seeds must be at least 1")
+    except (OSError, ValueError, TypeError) as exc:
+        _say(f"sae lab: {_reason(exc)}", err=True)
+        return EXIT_USAGE
+    if args.out and os.path.exists(args.out) and not args.overwrite:
+        _say(f"sae lab: {args.out} exists; pass --overwrite to replace it", err=True)
+        return EXIT_USAGE
+    results = lab.sweep(config, progress=args.progress)
+    _say(f"{config.tasks} tasks x {config.samples} responses per seed, {config.seeds} seeds; "
+         f"mean ± 95% CI over seeds\n")
+    for name, summary in results.items():
+        _say(f"critic: {name}\n{lab.format_table(summary)}\n")
+    if args.out:
+        doc = {"config": dataclasses.asdict(config),
+               "results": {name: {"mean": s.mean, "ci95": s.ci95, "seeds": s.seeds} for name, s in results.items()}}
+        with open(args.out, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        _say(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _warmup(args) -> int:
+    import itertools
+
+    from ... import kernels
+
+    try:
+        runs = [registry.parse_run(text) for text in args.estimator or ["sae"]]
+    except (ValueError, TypeError) as exc:
+        _say(f"sae warmup: {exc}", err=True)
+        return EXIT_USAGE
+    total = 0.0
+    for (name, options), dtype, mask, mode in itertools.product(runs, args.dtype or ["float32"],
+                                                                args.mask_dtype or ["int64"],
+                                                                args.mask_mode or ["skip"]):
+        kw = {"mask_mode": mode, "critic_lam": args.critic_lam, **options}
+        try:
+            seconds = kernels.warmup(name, dtype=dtype, mask_dtype=None if mask == "none" else mask, **kw)
+        except (ValueError, TypeError) as exc:
+            _say(f"sae warmup: {exc}", err=True)
+            return EXIT_USAGE
+        total += seconds
+        _say(f"{name} {dtype} values, {mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
+    from ...kernels import numba_compile, numba_scan
+
+    where = numba_compile.cache_dir(numba_scan._scan) or "none (no writable directory: each process compiles)"
+    _say(f"{total:.1f} s in all; {numba_compile.NOTICE.compiled} compiled, the rest loaded; numba cache: {where}")
+    return EXIT_OK
+
+def _spec(args) -> int:
+    from ... import spec
+
+    try:
+        if args.list:
+            for name in spec.spec_names():
+                _say(name)
+        elif args.path:
+            _say(str(spec.spec_path(args.name)))
+        else:
+            _say(spec.spec_document(args.name or spec.SPEC))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _say(f"sae spec: {exc}", err=True)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+COMMANDS = {"spec": _spec, "validate": _validate, "recompute": _recompute, "inspect": _inspect, "report": _report,
+            "demo": _demo, "lab": _lab, "warmup": _warmup}
