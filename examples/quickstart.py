@@ -30,7 +30,9 @@ rng = np.random.default_rng(cfg.seed)
 lengths = rng.integers(cfg.max_len // 2, cfg.max_len + 1, size=cfg.batch)
 response_mask = np.arange(cfg.max_len)[None, :] < lengths[:, None]
 rewards = np.zeros((cfg.batch, cfg.max_len), dtype=np.float32)
-rewards[np.arange(cfg.batch), lengths - 1] = rng.integers(0, 2, size=cfg.batch)  # verifiable outcome reward
+# verifiable outcome reward on the last valid token: half the answers right (a batch all wrong,
+# as random 0/1 rewards can give, has no signal: every critic target would be 0)
+rewards[np.arange(cfg.batch), lengths - 1] = rng.permutation(np.arange(cfg.batch) % 2)
 values = rng.uniform(0, 1, size=(cfg.batch, cfg.max_len)).astype(np.float32)  # critic V(prefix before t)
 # behaviour-policy log-probabilities: routine tokens are near-certain, about 15% are low-probability forks
 forks = rng.random((cfg.batch, cfg.max_len)) < 0.15
@@ -46,14 +48,20 @@ gae = compute_advantages(rewards, values, response_mask, estimator="gae", gamma=
 actor_advantages = masked_whiten(sae.advantages, response_mask)
 
 np.set_printoptions(precision=3, suppress=True, linewidth=120)
-print("response 0, valid tokens only")
-n = lengths[0]
-print("  p(token)    ", np.exp(logprobs[0, :n]))
-print("  boundary    ", sae.boundaries[0, :n].astype(int))
-print("  A (gae)     ", gae.advantages[0, :n])
-print("  A (sae)     ", sae.advantages[0, :n])
-print("  R (critic)  ", sae.returns[0, :n])
-print("  A (whitened)", actor_advantages[0, :n])
+# Show a response that got the reward: with critic_lam = 1 and gamma = 1 a critic target is the
+# Monte Carlo return, the outcome reward at every token (all 0 on a row rewarded 0).
+i = int(np.argmax(rewards.sum(axis=1) > 0))
+n = lengths[i]
+print(f"response {i}, valid tokens only, outcome reward {rewards[i].sum():g}")
+print("  p(token)    ", np.exp(logprobs[i, :n]))
+print("  boundary    ", sae.boundaries[i, :n].astype(int))
+print("  V (critic)  ", values[i, :n])
+print("  A (gae)     ", gae.advantages[i, :n])
+print("  A (sae)     ", sae.advantages[i, :n])
+print("  R (critic)  ", sae.returns[i, :n])
+print(f"                critic targets with critic_lam={cfg.critic_lam:g}, gamma={cfg.gamma:g}: the reward-to-go, "
+      "here the outcome reward (without critic_lam: R = A + V)")
+print("  A (whitened)", actor_advantages[i, :n])
 # What the adapters log per step: boundaries per valid token, and valid tokens per segment.
 fraction, segment_length = segment_stats(sae.boundaries, response_mask)
 print(f"boundary fraction {fraction:.3f}, mean segment length {segment_length:.1f} "
