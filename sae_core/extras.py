@@ -15,7 +15,7 @@ from types import ModuleType
 
 class MissingExtra(ImportError):
     """An optional dependency is not installed. `str(exc)` is one line, e.g.
-    `sae report needs matplotlib: pip install "sae-rl[report]"`.
+    `sae report needs matplotlib: pip install "matplotlib>=3.7" (sae-rl's "report" extra)`.
 
     package: the missing distribution's import name; extra: the sae-rl extra that installs it;
     needed_by: the feature that needs it (a command, a function).
@@ -23,7 +23,28 @@ class MissingExtra(ImportError):
 
     def __init__(self, package: str, extra: str, needed_by: str):
         self.package, self.extra, self.needed_by = package, extra, needed_by
-        super().__init__(f'{needed_by} needs {package}: pip install "sae-rl[{extra}]"', name=package)
+        super().__init__(f"{needed_by} needs {package}: {install_hint(extra)}", name=package)
+
+
+def install_hint(extra: str) -> str:
+    """How to install what sae-rl's `extra` brings, as one phrase: `pip install "ray[data]>=2.9"
+    (sae-rl's "ray" extra)`, the requirements read from the installed distribution's metadata
+    (sae-rl is not on PyPI, so `pip install "sae-rl[ray]"` would ask an index for someone else's
+    package); without that metadata, `install sae-rl with its "ray" extra`."""
+    import importlib.metadata
+
+    try:
+        requirements = importlib.metadata.requires("sae-rl") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    wanted = []
+    for text in requirements:
+        spec, _, marker = text.partition(";")
+        if f'extra == "{extra}"' in marker.replace("'", '"'):
+            wanted.append(f'"{spec.strip()}"')
+    if not wanted:
+        return f'install sae-rl with its "{extra}" extra'
+    return f"pip install {' '.join(wanted)} (sae-rl's \"{extra}\" extra)"
 
 
 def require(module: str, *, extra: str, needed_by: str, package: str | None = None) -> ModuleType:
@@ -48,4 +69,4 @@ def available(module: str) -> bool:
         return False
 
 
-__all__ = ["MissingExtra", "available", "require"]
+__all__ = ["MissingExtra", "available", "install_hint", "require"]

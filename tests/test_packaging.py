@@ -172,7 +172,7 @@ def test_the_installed_wheel_works_without_torch_or_matplotlib(clean_venv, tmp_p
     proc = subprocess.run([clean_venv / "sae-openrlhf-train-ppo", "--help"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert (proc.returncode, proc.stderr) == (2, 'sae-openrlhf-train-ppo needs openrlhf: pip install '
-                                                 '"sae-rl[openrlhf]"\n')
+                                                 '"openrlhf==0.11.2" (sae-rl\'s "openrlhf" extra)\n')
 
 
 def test_the_installed_sae_spec_and_version(clean_venv, tmp_path):
@@ -198,7 +198,7 @@ def test_the_installed_sae_report_names_the_extra(clean_venv, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].endswith('needs matplotlib: pip install "sae-rl[report]"')
+    assert lines[0].endswith('needs matplotlib: pip install "matplotlib>=3.7" (sae-rl\'s "report" extra)')
     assert not (tmp_path / "r.html").exists()
 
 
@@ -330,7 +330,8 @@ def test_the_row_schema_refuses_bad_rows(validators):
 def test_require_names_the_extra():
     with pytest.raises(MissingExtra) as caught:
         require("sae_rl_no_such_module.sub", extra="report", needed_by="sae report")
-    assert str(caught.value) == 'sae report needs sae_rl_no_such_module: pip install "sae-rl[report]"'
+    assert str(caught.value) == ('sae report needs sae_rl_no_such_module: pip install "matplotlib>=3.7" '
+                                 '(sae-rl\'s "report" extra)')
     assert isinstance(caught.value, ImportError) and caught.value.extra == "report"
     assert require("json", extra="x", needed_by="y") is json
 
@@ -354,9 +355,9 @@ def test_report_and_demo_without_matplotlib(tmp_path):
             "    try:\n        call()\n    except MissingExtra as exc:\n        print(exc)\n")
     proc = run_blocked({"matplotlib"}, code, str(vector), str(tmp_path / "r.html"), str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ['sae report needs matplotlib: pip install "sae-rl[report]"',
-                                        'sae demo (its report; --no-report skips it) needs matplotlib: '
-                                        'pip install "sae-rl[report]"']
+    hint = 'pip install "matplotlib>=3.7" (sae-rl\'s "report" extra)'
+    assert proc.stdout.splitlines() == [f"sae report needs matplotlib: {hint}",
+                                        f"sae demo (its report; --no-report skips it) needs matplotlib: {hint}"]
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "demo").exists()
 
 
@@ -368,7 +369,8 @@ def test_the_ray_engine_without_ray(tmp_path):
             "except MissingExtra as exc:\n    print(exc)\n")
     proc = run_blocked({"ray"}, code, str(vector), str(tmp_path / "out.parquet"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == 'the Ray engine (sae recompute --engine ray) needs ray: pip install "sae-rl[ray]"\n'
+    assert proc.stdout == ('the Ray engine (sae recompute --engine ray) needs ray: pip install "ray[data]>=2.9" '
+                           '(sae-rl\'s "ray" extra)\n')
 
 
 @pytest.mark.parametrize("missing", ["openrlhf", "ray"])
@@ -377,7 +379,8 @@ def test_the_openrlhf_wrapper_without_openrlhf(missing):
     proc = run_blocked({missing}, code, "--help")
     named = missing if available("openrlhf") else "openrlhf"  # OpenRLHF is checked first
     assert proc.returncode == 2
-    assert proc.stderr == f'sae-openrlhf-train-ppo needs {named}: pip install "sae-rl[openrlhf]"\n'
+    assert proc.stderr == (f'sae-openrlhf-train-ppo needs {named}: pip install "openrlhf==0.11.2" '
+                           '(sae-rl\'s "openrlhf" extra)\n')
     assert proc.stdout == ""
 
 
@@ -390,5 +393,7 @@ def test_the_cli_says_which_extra_to_install(tmp_path, argv, extra):
     proc = run_blocked({"matplotlib", "ray"}, code, *argv)
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
+    requirement = "matplotlib>=3.7" if extra == "report" else "ray[data]>=2.9"
     assert len(lines) == 1 and lines[0].endswith(f'needs {"matplotlib" if extra == "report" else "ray"}: '
-                                                 f'pip install "sae-rl[{extra}]"'), proc.stderr
+                                                 f'pip install "{requirement}" (sae-rl\'s "{extra}" extra)'), \
+        proc.stderr

@@ -70,7 +70,7 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
 
 def require_matplotlib(needed_by: str = "sae report") -> None:
     """Raise `sae_core.extras.MissingExtra` (`sae report needs matplotlib: pip install
-    "sae-rl[report]"`) unless matplotlib, which draws the report's plots, is installed."""
+    "matplotlib>=3.7"` (sae-rl's "report" extra)) unless matplotlib, which draws the report's plots, is installed."""
     require("matplotlib", extra="report", needed_by=needed_by)
 
 
