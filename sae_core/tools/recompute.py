@@ -20,10 +20,16 @@ read-only directory) is reported with its path and a one-line reason, and the ot
 
 The Ray engine (`recompute_ray`) runs the same per-file function, one Ray Data task per shard,
 with the numba backend in the workers: its outputs are those of the local engine.
+
+Columns of other names (`column_map`: `--column STANDARD=THEIRS`, veRL's and OpenRLHF's names; see
+`trajectory.mapping`) are read under the standard's names, and written so: an output is a file of
+the standard (`sae validate` passes it without flags), whatever names its input had; columns the map
+does not rename keep theirs. The input is only read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -37,6 +43,7 @@ import pyarrow as pa
 from .. import registry
 from .. import trajectory as tj
 from .jobs import (
+    FINGERPRINT_KEY,
     TEMPORARY,
     JobError,
     JobLock,
@@ -86,7 +93,8 @@ def _si(x: float) -> str:
 
 def recompute_file(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun], *,
                    batch_size: int = 1024, backend: str = "auto", overwrite: bool = False,
-                   on_batch: Callable[[int, int], None] | None = None, seen: Any = None) -> FileResult:
+                   on_batch: Callable[[int, int], None] | None = None, seen: Any = None,
+                   column_map: Any = None) -> FileResult:
     """Stream `src` through every run and write `dst` atomically.
 
     Every batch of `batch_size` rows is validated (trajectory.iter_batches: the verdicts of
@@ -97,23 +105,27 @@ def recompute_file(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequenc
     records `src`'s fingerprint (`jobs.fingerprint`), taken before reading and checked again after:
     an input that changed meanwhile fails. An existing `dst` raises FileExistsError unless
     overwrite=True. Raises TrajectoryError naming `src` for bad input, OSError for a file that
-    cannot be read or written.
+    cannot be read or written. column_map: a `trajectory.ColumnMap` (or {standard: theirs}): `src`'s
+    columns are read, and written to `dst`, under the standard's names (see the module docstring).
     """
     start = time.perf_counter()
     src = str(src)
     fp = fingerprint(src)
-    reader_schema, info = _input_schema(src)
-    out_schema = _output_schema(reader_schema, info, runs, src)
-    out_schema = out_schema.with_metadata({**(out_schema.metadata or {}), **fingerprint_metadata(fp)})
+    columns, info = _input_schema(src, column_map)
+    try:
+        out_schema = _output_schema(columns.schema, info, runs, src)
+    except tj.TrajectoryError as exc:
+        raise tj.TrajectoryError(columns.explain(exc.problems), src) from None
+    out_schema = out_schema.with_metadata({**(out_schema.metadata or {}), **_job_metadata(fp, columns.to_file)})
     rows = tokens = 0
     with tj.TrajectoryWriter(dst, out_schema, overwrite=overwrite, row_group_rows=batch_size) as writer:
-        for batch in tj.iter_batches(src, batch_size=batch_size, seen=seen):
+        for batch in tj.iter_batches(src, batch_size=batch_size, seen=seen, column_map=column_map):
             for run in runs:
                 try:
                     batch = tj.compute(batch, estimator=run.estimator, suffix=run.suffix, backend=backend,
                                        first_row=rows, **run.params)
                 except tj.TrajectoryError as exc:
-                    raise tj.TrajectoryError(exc.problems, src) from None
+                    raise tj.TrajectoryError(columns.explain(exc.problems), src) from None
                 except ValueError as exc:  # the estimator's own checks, e.g. an overflow
                     raise tj.TrajectoryError(f"rows {rows} to {rows + batch.num_rows - 1}: {exc}", src) from None
             writer.write(pa.RecordBatch.from_arrays(batch.columns, schema=out_schema))
@@ -129,13 +141,34 @@ def recompute_file(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequenc
     return FileResult(src, str(dst), "written", rows, tokens, time.perf_counter() - start)
 
 
-def _input_schema(src) -> tuple[pa.Schema, tj.Info]:
-    """The input's schema and metadata: an unreadable version fails here, before an output is
-    opened. Its warnings (no metadata, a newer minor version) come once, from the reader."""
-    schema = tj.read_schema(src)
+def _input_schema(src, column_map=None) -> tuple[tj.FileColumns, tj.Info]:
+    """How the input's columns are read (its schema as read) and its metadata: an unreadable
+    version, or a column map that does not fit, fails here, before an output is opened. Its
+    warnings (no metadata, a newer minor version, names recognised) come once, from the reader."""
+    columns = tj.file_columns(src, column_map)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tj.TrajectoryWarning)
-        return schema, tj.read_info(schema, str(src))
+        return columns, tj.read_info(columns.schema, str(src))
+
+
+def _job_metadata(fp: dict[str, Any], to_file: dict[str, str]) -> dict[bytes, bytes]:
+    """The metadata entry of the job (`jobs.FINGERPRINT_KEY`): the input's fingerprint and, when
+    some were read under other names, the columns ({standard: the input's name}), which
+    `output_state` compares on a resumed job."""
+    meta = fingerprint_metadata(fp)
+    if to_file:
+        key = FINGERPRINT_KEY.encode()
+        meta[key] = json.dumps({**json.loads(meta[key]), "columns": dict(to_file)}, sort_keys=True).encode()
+    return meta
+
+
+def _recorded_columns(metadata: dict[bytes, bytes] | None) -> dict[str, str]:
+    """The columns an output records as read under other names ({} for none, or no record)."""
+    try:
+        doc = json.loads((metadata or {})[FINGERPRINT_KEY.encode()])
+        return dict(doc.get("columns") or {})
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def _output_schema(schema: pa.Schema, info: tj.Info, runs: Sequence[EstimatorRun], source: str) -> pa.Schema:
@@ -163,15 +196,16 @@ def _output_schema(schema: pa.Schema, info: tj.Info, runs: Sequence[EstimatorRun
     return empty.schema
 
 
-def output_state(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun]
-                 ) -> tuple[str, str | None]:
+def output_state(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun],
+                 column_map: Any = None) -> tuple[str, str | None]:
     """Whether `dst` is a whole output of `src` for these runs, as (state, why):
 
     "complete": readable, its metadata records every run's output set with the same parameters,
-    and the fingerprint of `src` it records is that of `src` now (`jobs.fingerprint`);
+    the fingerprint of `src` it records is that of `src` now (`jobs.fingerprint`), and the columns
+    it records as read under other names are those `column_map` reads now;
     "stale": these runs wrote it, but from another `src` (the fingerprint or the row count differs,
-    or none is recorded): computing it again loses nothing; "other": anything else (unreadable,
-    other parameters, not ours), which only overwrite=True replaces.
+    or none is recorded) or reading other columns: computing it again loses nothing; "other":
+    anything else (unreadable, other parameters, not ours), which only overwrite=True replaces.
     """
     try:
         sch = tj.read_schema(dst)
@@ -186,16 +220,25 @@ def output_state(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[
         changed = fingerprint_changes(read_fingerprint(sch.metadata), fingerprint(src))
         if changed is None and tj.count_rows(dst) != tj.count_rows(src):
             changed = "row count"
+        columns = tj.file_columns(src, column_map).to_file if changed is None else {}
     except (tj.TrajectoryError, OSError):  # the input's fault, most likely: reading it will say so
         return "other", None
     if changed:
         return "stale", f"the input changed since its output was written ({changed})"
+    then = _recorded_columns(sch.metadata)
+    if then != columns:
+        def read(m, k):
+            return f"{k}={m[k]}" if k in m else f"{k} under its own name"
+        keys = sorted(k for k in {*then, *columns} if then.get(k) != columns.get(k))
+        return "stale", ("it was written reading other columns: " + ", ".join(read(then, k) for k in keys)
+                         + " then; " + ", ".join(read(columns, k) for k in keys) + " now")
     return "complete", None
 
 
-def is_complete(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun]) -> bool:
+def is_complete(src: str | os.PathLike, dst: str | os.PathLike, runs: Sequence[EstimatorRun],
+                column_map: Any = None) -> bool:
     """Whether `dst` is a whole output of `src` for these runs (`output_state` says "complete")."""
-    return output_state(src, dst, runs)[0] == "complete"
+    return output_state(src, dst, runs, column_map)[0] == "complete"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,7 +283,8 @@ class _Task:
 
 def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequence[EstimatorRun], *,
               engine: str = "local", batch_size: int = 1024, backend: str = "auto", overwrite: bool = False,
-              progress: bool | None = None, ray_address: str | None = None) -> JobResult:
+              progress: bool | None = None, ray_address: str | None = None, column_map: Any = None
+              ) -> JobResult:
     """Run a job: every shard of `input` (see `plan_files`) through `runs`, into `output`.
 
     A single-file job refuses an existing output without overwrite=True. A many-shard job skips
@@ -252,7 +296,7 @@ def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequenc
     the Ray engine reads every shard's ids on the driver first, for the same verdicts.
     engine: "local" (this process) or "ray" (one Ray Data task per shard, on the cluster at
     `ray_address`, or a local Ray instance). progress: a progress bar on stderr (None: when stderr
-    is a terminal).
+    is a terminal). column_map: how every shard's columns are read, and written (`recompute_file`).
     Raises ValueError for a job that cannot start (see `plan_files`; a backend that cannot run
     here, checked before any shard); JobError (an OSError) when another job is writing the output,
     the output cannot be created, or the Ray cluster cannot be reached.
@@ -272,7 +316,7 @@ def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequenc
         plan: list[_Task | FileResult] = []
         for shard in shards:
             state, why = ("new", None) if not many or overwrite or not _exists(shard.dst) else \
-                output_state(shard.src, shard.dst, runs)
+                output_state(shard.src, shard.dst, runs, column_map)
             if state == "complete":
                 plan.append(FileResult(str(shard.src), str(shard.dst), "skipped"))
             elif state == "stale":
@@ -281,9 +325,10 @@ def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequenc
                 plan.append(_Task(shard, existing=why))
         if engine == "local":
             result.files = _run_local(plan, runs, batch_size=batch_size, backend=backend, overwrite=overwrite,
-                                      progress=progress)
+                                      progress=progress, column_map=column_map)
         else:
-            result.files = _run_ray(plan, runs, batch_size=batch_size, overwrite=overwrite, address=ray_address)
+            result.files = _run_ray(plan, runs, batch_size=batch_size, overwrite=overwrite,
+                                    address=ray_address, column_map=column_map)
     return result
 
 
@@ -291,12 +336,14 @@ def _exists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _one(task: _Task, runs, batch_size, backend, overwrite, on_batch=None, seen=None) -> FileResult:
+def _one(task: _Task, runs, batch_size, backend, overwrite, on_batch=None, seen=None, column_map=None
+         ) -> FileResult:
     """One shard, every failure of data or file system a "failed" result with a one-line reason."""
     src, dst = str(task.shard.src), str(task.shard.dst)
     try:
         r = recompute_file(src, dst, runs, batch_size=batch_size, backend=backend,
-                           overwrite=overwrite or task.replace, on_batch=on_batch, seen=seen)
+                           overwrite=overwrite or task.replace, on_batch=on_batch, seen=seen,
+                           column_map=column_map)
         r.note = task.note
         return r
     except FileExistsError:
@@ -329,8 +376,8 @@ def failure_reason(exc: BaseException, dst: str) -> str:
     return text if isinstance(exc, ValueError) and not isinstance(exc, OSError) else f"{dst}: {text}"
 
 
-def _run_local(plan: list[_Task | FileResult], runs, *, batch_size, backend, overwrite, progress
-               ) -> list[FileResult]:
+def _run_local(plan: list[_Task | FileResult], runs, *, batch_size, backend, overwrite, progress,
+               column_map=None) -> list[FileResult]:
     seen = tj.SeenIds()
     bar = _progress_bar([t.shard for t in plan if isinstance(t, _Task)], progress)
     out = []
@@ -338,7 +385,7 @@ def _run_local(plan: list[_Task | FileResult], runs, *, batch_size, backend, ove
         for task in plan:
             if isinstance(task, FileResult):  # skipped: its ids still count against later shards
                 try:
-                    seen.add_file(task.src)
+                    seen.add_file(task.src, column_map=column_map)
                 except (ValueError, OSError, pa.ArrowException) as exc:
                     task = replace(task, status="failed", error=failure_reason(exc, task.dst)
                                    + " (its output, written by an earlier run, is kept)")
@@ -351,7 +398,7 @@ def _run_local(plan: list[_Task | FileResult], runs, *, batch_size, backend, ove
                     _bar.update(rows)
                     elapsed = time.perf_counter() - _bar.started
                     _bar.set_postfix_str(f"{_si(_bar.tokens / max(elapsed, 1e-9))} tokens/s", refresh=False)
-            out.append(_one(task, runs, batch_size, backend, overwrite, on_batch, seen))
+            out.append(_one(task, runs, batch_size, backend, overwrite, on_batch, seen, column_map))
     finally:
         if bar is not None:
             bar.close()
@@ -377,7 +424,8 @@ def _progress_bar(shards: list[Shard], progress: bool | None):
     return bar
 
 
-def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, address) -> list[FileResult]:
+def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, address, column_map=None
+             ) -> list[FileResult]:
     """One Ray Data task per shard to compute, each running `recompute_file` with the numba backend.
     The ids of every shard are read on the driver first (in input order, as the local engine
     does); a shard whose ids repeat an earlier shard's fails there and is not sent."""
@@ -389,7 +437,7 @@ def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, add
     for i, task in enumerate(plan):
         src, dst = (task.src, task.dst) if isinstance(task, FileResult) else (str(task.shard.src), str(task.shard.dst))
         try:
-            seen.add_file(src)
+            seen.add_file(src, column_map=column_map)
         except (ValueError, OSError, pa.ArrowException) as exc:
             out.append(FileResult(src, dst, "failed", error=failure_reason(exc, dst)))
             continue
@@ -398,7 +446,7 @@ def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, add
         else:
             out.append(None)
             items.append({"index": i, "src": src, "dst": dst, "replace": task.replace, "note": task.note or ""})
-    rows = run_ray(items, _RayTask(list(runs), batch_size, overwrite), address=address)
+    rows = run_ray(items, _RayTask(list(runs), batch_size, overwrite, column_map), address=address)
     done = {r.pop("index"): FileResult(**{k: (None if k in ("error", "note") and v == "" else v)
                                           for k, v in r.items()}) for r in rows}
     return [r if r is not None else done[i] for i, r in enumerate(out)]
@@ -407,12 +455,13 @@ def _run_ray(plan: list[_Task | FileResult], runs, *, batch_size, overwrite, add
 class _RayTask:
     """The function Ray Data maps over the shards (a plain picklable object)."""
 
-    def __init__(self, runs, batch_size, overwrite):
+    def __init__(self, runs, batch_size, overwrite, column_map=None):
         self.runs, self.batch_size, self.overwrite = runs, batch_size, overwrite
+        self.column_map = column_map
 
     def __call__(self, item: dict) -> dict:
         task = _Task(Shard(Path(item["src"]), Path(item["dst"])), item["replace"], item["note"] or None)
-        r = _one(task, self.runs, self.batch_size, "numba", self.overwrite)
+        r = _one(task, self.runs, self.batch_size, "numba", self.overwrite, column_map=self.column_map)
         return {"index": item["index"], "src": r.src, "dst": r.dst, "status": r.status, "rows": r.rows,
                 "tokens": r.tokens, "seconds": r.seconds, "error": r.error or "", "note": r.note or ""}
 

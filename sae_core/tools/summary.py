@@ -188,12 +188,15 @@ class Inspection:
     nonfinite: tuple[NonFinite, ...]
     row_lengths: np.ndarray = field(repr=False, compare=False)
     row_valid: np.ndarray = field(repr=False, compare=False)
+    # {standard name: the file's name} of the columns read under other names (`trajectory.mapping`)
+    mapped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (NaN and inf become None)."""
         return jsonable({
             "path": self.path, "spec_version": self.spec_version, "producer": self.producer,
-            "has_metadata": self.has_metadata, "columns": list(self.columns), "rows": self.rows,
+            "has_metadata": self.has_metadata, "columns": list(self.columns), "columns_read_as": dict(self.mapped),
+            "rows": self.rows,
             "tokens": self.tokens, "valid_tokens": self.valid_tokens, "empty_rows": self.empty_rows,
             "rows_without_valid": self.rows_without_valid, "lengths": self.lengths.to_dict(),
             "valid_lengths": self.valid_lengths.to_dict(), "sets": [s.to_dict() for s in self.sets],
@@ -237,18 +240,21 @@ class _SegmentAcc:
 
 
 def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
-                 batch_size: int = 4096) -> Inspection:
+                 batch_size: int = 4096, column_map: Any = None) -> Inspection:
     """Summarise a trajectory file in one streaming pass (see the module docstring).
 
     thresholds: probabilities p in (0, 1] at which to count logprob-rule boundaries
         (logprobs < log p); the thresholds the file's sae sets record are added.
     batch_size: rows per record batch (memory: one batch).
+    column_map: a `trajectory.ColumnMap` (or {standard: theirs}): columns of other names are read,
+        and summarised, under the standard's (`Inspection.columns`); `Inspection.mapped` lists them.
     Raises TrajectoryError (naming file, column and first bad row) for a file that does not follow
     the standard; ValueError for a threshold outside (0, 1].
     """
     thresholds = check_thresholds(thresholds)
     path = str(path)
-    sch = tj.read_schema(path)
+    file_columns = tj.file_columns(path, column_map)
+    sch = file_columns.schema
     with warnings.catch_warnings():  # iter_batches gives the same warnings below: once is enough
         warnings.simplefilter("ignore", tj.TrajectoryWarning)
         info = tj.read_info(sch, path)
@@ -285,7 +291,8 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
     other_lengths: set[str] = set()  # non-standard lists whose lengths are not the responses'
 
     read = [n for n in names if n in token_lists or n in float_rows]
-    pieces = (piece for batch in tj.iter_batches(path, batch_size=batch_size, columns=read)
+    batches = tj.iter_batches(path, batch_size=batch_size, columns=read, column_map=column_map)
+    pieces = (piece for batch in batches
               for piece in _row_slices(batch, _PIECE_TOKENS))
     for batch in pieces:
         r = tj.to_ragged(batch, standard)
@@ -359,7 +366,7 @@ def inspect_file(path: str | os.PathLike, *, thresholds: tuple[float, ...] = DEF
                                   None if name in float_rows or name in other_lengths else c[2],
                                   None if name in float_rows or name in other_lengths else c[3])
                         for name, c in nonfinite.items()),
-        row_lengths=lengths_all, row_valid=valid_all)
+        row_lengths=lengths_all, row_valid=valid_all, mapped=dict(file_columns.to_file))
 
 
 def check_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:

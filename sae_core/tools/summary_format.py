@@ -74,6 +74,8 @@ def format_lines(ins: Inspection) -> list[str]:
     if ins.producer:
         meta += f", written by {ins.producer}"
     out.append("  " + meta)
+    if ins.mapped:  # columns of other names (--column, veRL / OpenRLHF names): what is read as what
+        out.append("  columns read as " + ", ".join(f"{k}={v}" for k, v in ins.mapped.items()))
     share = f" ({100 * ins.valid_tokens / ins.tokens:.1f}%)" if ins.tokens else ""
     out.append(f"  rows {ins.rows:,}  ({ins.empty_rows:,} empty, "
                f"{ins.rows_without_valid:,} without a valid token)")

@@ -18,8 +18,11 @@ The modules, lowest first (each imports only those before it):
     ids         IdIndex: trajectory ids seen so far (exact, compact)
     validation  schema_problems, batch_problems, FileCheck (the one validation), validate
     layouts     Ragged, to_ragged / from_ragged, to_padded / from_padded, place_reward
-    reader      file_format, Reader (regular files only; Parquet page checksums verified)
-    io          read_table, iter_batches, read_schema, count_rows, validate_file, SeenIds
+    mapping     ColumnMap (`--column STANDARD=THEIRS`, veRL's and OpenRLHF's names: ALIASES), resolve
+    reader      file_format, Reader (regular files only; Parquet page checksums verified; columns renamed
+                as read)
+    io          read_table, iter_batches, read_schema, count_rows, validate_file, SeenIds, file_columns
+                (each reader takes column_map=)
     writers     write_table, TrajectoryWriter (atomic, via sae_core.atomic; Parquet page checksums)
     estimate    compute, boundary_rule, estimator_kwargs
 """
@@ -28,15 +31,18 @@ from .columns import COLUMN, COLUMNS, OUTPUT_NAMES, Column, column_for, needed_c
 from .estimate import boundary_rule, compute, estimator_kwargs
 from .errors import Problem, TrajectoryError, TrajectoryWarning
 from .json_schema import metadata_schema, row_schema
-from .io import SeenIds, Summary, count_rows, iter_batches, read_schema, read_table, validate_file
+from .io import (SeenIds, Summary, count_rows, file_columns, iter_batches, read_schema, read_table,
+                 validate_file)
 from .layouts import Ragged, from_padded, from_ragged, place_reward, to_padded, to_ragged
+from .mapping import ALIASES, Alias, ColumnMap, FileColumns
 from .metadata import METADATA_KEY, READABLE_MAJOR, SPEC_VERSION, Info, read_info, with_estimators
 from .reader import file_format
 from .validation import batch_problems, schema_problems, validate
 from .writers import TrajectoryWriter, write_table
 
 __all__ = [
-    "COLUMN", "COLUMNS", "Column", "Info", "METADATA_KEY", "OUTPUT_NAMES", "Problem", "READABLE_MAJOR",
+    "ALIASES", "Alias", "COLUMN", "COLUMNS", "Column", "ColumnMap", "FileColumns", "file_columns", "Info",
+    "METADATA_KEY", "OUTPUT_NAMES", "Problem", "READABLE_MAJOR",
     "Ragged", "SPEC_VERSION", "SeenIds", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter",
     "batch_problems",
     "boundary_rule", "column_for", "compute", "count_rows", "estimator_kwargs", "file_format", "from_padded",

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .. import registry
 from .lists import is_list
-from .metadata import METADATA_KEY, SPEC_VERSION, metadata_bytes
+from .metadata import metadata_bytes
 
 _CANONICAL = {
     "id": pa.string(),

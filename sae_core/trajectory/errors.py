@@ -7,16 +7,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a table: the column and the first bad row (0-based, in the file)."""
+    """One thing wrong with a table: the column and the first bad row (0-based, in the file).
+
+    read_as: the standard's name of `column` when the file's column is read under another name
+    (`sae ... --column STANDARD=THEIRS`, or a recognised veRL / OpenRLHF name; `mapping`).
+    """
 
     column: str | None
     row: int | None
     message: str
+    read_as: str | None = None
 
     def __str__(self) -> str:
         where = []
         if self.column is not None:
-            where.append(f"column {self.column!r}")
+            where.append(f"column {self.column!r}" + (f" (read as {self.read_as})" if self.read_as else ""))
         if self.row is not None:
             where.append(f"row {self.row}")
         return (", ".join(where) + ": " if where else "") + self.message

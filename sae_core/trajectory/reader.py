@@ -4,13 +4,15 @@ Only regular files are opened (a FIFO or a device named x.parquet would block or
 pages are read with their CRC checked where the writer stored one (sae-rl's writers always do); a
 mismatch, or any page that fails to decode, is reported with the column and row group it is in.
 Arrow IPC files have no checksums: their batches are validated structurally (`validate(full=True)`).
+A `mapping.ColumnMap` renames columns as they are read (`--column STANDARD=THEIRS`, veRL's and
+OpenRLHF's names): `Reader.schema` and every batch have the names as read, `file_schema` the file's.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +20,8 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from .errors import Problem, TrajectoryError
-from .validation import duplicate_names
+from .mapping import ColumnMap, FileColumns, resolve
+from .validation import FileCheck, duplicate_names
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 IPC_SUFFIXES = (".arrow", ".ipc", ".feather", ".arrows")
@@ -59,9 +62,14 @@ def check_regular(path: str) -> None:
 
 
 class Reader:
-    """One open file: its schema, row count and record batches, with errors as TrajectoryError."""
+    """One open file: its schema, row count and record batches, with errors as TrajectoryError.
 
-    def __init__(self, path: str | os.PathLike):
+    column_map: how to read the file's columns as the standard's (`mapping.resolve`; None: under
+    their own names). `schema` and the batches carry the names as read, `file_schema` the file's;
+    `columns` is the resolved map (its `explain` words problems in the file's names).
+    """
+
+    def __init__(self, path: str | os.PathLike, column_map: ColumnMap | Mapping[str, str] | None = None):
         self.path = str(path)
         check_regular(self.path)
         self.format = file_format(path)
@@ -88,6 +96,21 @@ class Reader:
         problems = duplicate_names(self.schema)
         if problems:  # selecting or finding such a column by name would fail (KeyError) further on
             raise TrajectoryError(problems, self.path)
+        self.file_schema = self.schema
+        self.columns: FileColumns = resolve(self.file_schema, column_map, self.path)
+        self.schema = self.columns.schema
+
+    def error(self, problems: list[Problem]) -> TrajectoryError:
+        """The TrajectoryError of `problems` (in the names as read), worded in the file's names."""
+        return TrajectoryError(self.columns.explain(problems), self.path)
+
+    def check(self, **kwargs) -> FileCheck:
+        """`validation.FileCheck` of this file's schema as read (kwargs: estimator, boundary, seen);
+        its schema problems raised as `error` words them."""
+        try:
+            return FileCheck(self.schema, source=self.path, **kwargs)
+        except TrajectoryError as exc:
+            raise self.error(exc.problems) from None
 
     def _kind(self) -> str:
         return "Parquet" if self.format == "parquet" else "Arrow IPC"
@@ -96,7 +119,11 @@ class Reader:
         return TrajectoryError(f"not a readable {self._kind()} file (truncated or corrupted?): {exc}", self.path)
 
     def batches(self, batch_size: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
-        """Record batches of at most `batch_size` rows of `columns` (None: all)."""
+        """Record batches of at most `batch_size` rows of `columns` (names as read; None: all)."""
+        for batch in self._file_batches(batch_size, self.columns.file_names(columns)):
+            yield self.columns.rename(batch)
+
+    def _file_batches(self, batch_size: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         done = 0
         try:
             if self.format == "parquet":
@@ -122,7 +149,7 @@ class Reader:
         try:
             pf = pq.ParquetFile(self.path, memory_map=True, page_checksum_verification=True)
             meta = pf.metadata
-            names = columns if columns is not None else self.schema.names
+            names = columns if columns is not None else self.file_schema.names
             start = 0
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows

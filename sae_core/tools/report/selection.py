@@ -105,7 +105,8 @@ def fetch_responses(path, ins: Inspection, picks: list[tuple[int, str]], batch_s
            threshold: float | None) -> list[Response]:
     """The picked rows' per-token data, in a second streaming pass that stops after the last one.
     The first pass (`inspect_file`) validated the file: this one only reads, and its warnings
-    (no metadata, a newer minor version) were given by the first."""
+    (no metadata, a newer minor version) were given by the first. Columns read under other names
+    in the first pass (`Inspection.mapped`) are read so again."""
     if not picks:
         return []
     names = set(ins.columns)
@@ -116,7 +117,8 @@ def fetch_responses(path, ins: Inspection, picks: list[tuple[int, str]], batch_s
             cols.append("boundaries" + s.suffix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tj.TrajectoryWarning)
-        batches = tj.iter_batches(path, batch_size=batch_size, columns=cols, validate=False)
+        batches = tj.iter_batches(path, batch_size=batch_size, columns=cols, validate=False,
+                                  column_map=dict(ins.mapped) or None)
         found = _fetch(batches, ins, dict(picks), cols, threshold)
     return [found[r] for r, _ in picks if r in found]
 
