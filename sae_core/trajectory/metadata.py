@@ -35,6 +35,9 @@ class Info:
     producer: str | None = None
     has_metadata: bool = True
     invalid: dict[str, str] = field(default_factory=dict)  # {advantages column: why its parameters are refused}
+    # advantages columns of output sets recognised by name in a file without metadata (`advantages_*`):
+    # their parameters are unknown (`sae annotate` puts the metadata back); never in `estimators`
+    unknown: tuple[str, ...] = ()
 
 
 def metadata_bytes(estimators: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any] | None = None
@@ -81,15 +84,19 @@ def read_info(sch: pa.Schema, source: str | None = None) -> Info:
     """Parse and check the `sae_rl` metadata of a schema.
 
     No metadata (a file written by pandas, HF datasets or plain pyarrow): the current version, with
-    a warning. A major version other than 1: TrajectoryError naming the readable versions. A newer
-    minor version: read, with a warning.
+    a warning; its `advantages_*` columns are output sets of unknown parameters (`Info.unknown`,
+    named in the warning). A major version other than 1: TrajectoryError naming the readable
+    versions. A newer minor version: read, with a warning.
     """
     raw = (sch.metadata or {}).get(METADATA_KEY.encode())
     where = f"{source}: " if source else ""
     if raw is None:
+        unknown = unrecorded_sets(sch.names)
+        sets = (f"; output sets {', '.join(unknown)} have unknown parameters (`sae annotate FILE --from "
+                "ORIGINAL` puts the metadata back)") if unknown else ""
         warnings.warn(f"{where}no {METADATA_KEY!r} metadata (written by another tool?); read as trajectory "
-                      f"spec {SPEC_VERSION}", TrajectoryWarning, stacklevel=3)
-        return Info(SPEC_VERSION, has_metadata=False)
+                      f"spec {SPEC_VERSION}{sets}", TrajectoryWarning, stacklevel=3)
+        return Info(SPEC_VERSION, has_metadata=False, unknown=unknown)
     try:
         doc = json.loads(raw)
         version = str(doc["spec_version"])
@@ -115,6 +122,13 @@ def read_info(sch: pa.Schema, source: str | None = None) -> Info:
                 invalid=invalid)
 
 
+def unrecorded_sets(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The output sets a file without metadata holds, by name: each `advantages_<suffix>` column (the
+    unsuffixed `advantages` may be another tool's own data, and its `boundaries` input data of the
+    `given` rule, so it is not taken for a set). Their parameters are unknown."""
+    return tuple(n for n in names if n.startswith("advantages_") and len(n) > len("advantages_"))
+
+
 def with_estimators(sch: pa.Schema, estimators: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
     """`sch` with its metadata recording `estimators` (merged over what it records already); the
     document's other keys and a newer minor spec_version are kept."""
@@ -134,4 +148,4 @@ def with_estimators(sch: pa.Schema, estimators: Mapping[str, Mapping[str, Any]])
 
 
 __all__ = ["Info", "METADATA_KEY", "READABLE_MAJOR", "SPEC_VERSION", "metadata_bytes", "parameter_problem",
-           "read_info", "with_estimators"]
+           "read_info", "unrecorded_sets", "with_estimators"]
