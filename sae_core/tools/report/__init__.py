@@ -2,11 +2,14 @@
 
 `write_report` summarises the file with `sae_core.tools.summary.inspect_file`, draws matplotlib
 plots (response lengths, segment lengths per threshold and per output set, advantages per set) and
-shows a few responses token by token: each token coloured by its advantage on a diverging scale,
-boundaries marked with a bar on the token's left, masked tokens greyed, and a tooltip with the
-token's t, id, logprob, value and advantage in every set.
+shows a few responses: their V(t) and A(t) curves for every set with each set's boundaries drawn
+(inline SVG), every set side by side under the same tokens (a strip per set), and the tokens
+coloured by one set's advantage (`color_by`) on a diverging scale, boundaries marked with a bar on
+the token's left, masked tokens greyed, and a tooltip with the token's t, id, logprob, value and
+advantage in every set. A lab file's exact advantages (`true_advantages`) are drawn beside the sets
+and each set is scored against them (Pearson r, mse, bias).
 
-The page is self-contained: inline CSS, plots as base64 PNG data URIs, no script, no external
+The page is self-contained: inline CSS, plots as base64 PNG data URIs and inline SVG, no script, no external
 font, link or image, so it opens offline and can be mailed or archived as one file.
 
 Modules: `selection` (which responses, their tokens), `plots` (the figures), `html` (the page).
@@ -14,21 +17,28 @@ Modules: `selection` (which responses, their tokens), `plots` (the figures), `ht
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ... import trajectory as tj
 from ...atomic import write_text_atomic
 from ...extras import require
-from ..summary import DEFAULT_THRESHOLDS, inspect_file
-from .html import render, token_texts
+from ..summary import DEFAULT_THRESHOLDS, Inspection, inspect_file
+from .html import Exact, render, token_texts
 from .selection import Response, boundary_marks, fetch_responses, pick_responses
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: Any = None,
                  responses: int = 4, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, max_tokens: int = 1500,
-                 batch_size: int = 4096) -> Path:
+                 batch_size: int = 4096, color_by: str | None = None, column_map: Any = None,
+                 progress: bool | None = False) -> Path:
     """Write the HTML report on trajectory file `path` to `out` (replaced if it exists), atomically.
 
     tokenizer: None (tokens shown as ids), a local path or cached name for
@@ -39,8 +49,18 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
         with the most boundaries, the one with the most masked tokens, then responses spread
         evenly over the lengths.
     thresholds: probabilities p for the logprob-rule segments (see `inspect_file`).
+    color_by: the output set whose advantages colour the tokens: its advantages column
+        (`advantages_sae`) or its suffix (`sae`, `_sae`); default the first set with boundaries, else
+        the first set. ValueError (naming the sets) for one the file lacks.
+    When the file has the exact advantages of the lab (`EXACT_ADVANTAGES`, `true_advantages`; and
+    `EXACT_VALUES`, `true_values`), the page shows them beside every set (curves, a strip under the
+    tokens) and each set's Pearson r with them over valid tokens (one more streaming pass).
     max_tokens: tokens shown per response at most; a longer one shows its first two thirds and
         its last third of these, with the gap marked (keeps the page small for long responses).
+    progress: a bar on stderr through the report's steps (the summary pass over the file, the
+        picked rows, the exact advantages, the page); None: when stderr is a terminal.
+    column_map: a `trajectory.ColumnMap` (or {standard: theirs}): how the file's columns of other
+        names are read (`inspect_file`).
     Returns the Path written. Raises TrajectoryError for a file not in the standard (the checks of
     `sae_core.trajectory.validate_file`), ValueError for a tokenizer that cannot be loaded or an
     argument out of range, IsADirectoryError / NotADirectoryError for an `out` that cannot be a
@@ -53,12 +73,22 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
     if responses < 0 or max_tokens < 2:
         raise ValueError(f"responses must be >= 0 and max_tokens >= 2; got {responses} and {max_tokens}")
     out = check_out(out)
+    if color_by is not None and not isinstance(color_by, str):
+        raise ValueError(f"color_by must be a set name or None; got {type(color_by).__name__}")
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
-    ins = inspect_file(path, thresholds=tuple(thresholds), batch_size=batch_size)
+    step = _steps(progress, 4)
+    step("summary pass over the file")
+    ins = inspect_file(path, thresholds=tuple(thresholds), batch_size=batch_size, column_map=column_map)
     marks = boundary_marks(ins)
     picks = pick_responses(ins, responses, None if marks is None else marks.segments.row_boundaries)
+    colour = resolve_color_by(ins, color_by)
+    step(f"reading the {len(picks)} responses shown")
     fetched = fetch_responses(path, ins, picks, batch_size, None if marks is None else marks.threshold)
-    page = render(ins, fetched, tok, max_tokens=max_tokens)
+    step("exact advantages" if EXACT_ADVANTAGES in ins.columns else "no exact advantages")
+    exact = exact_advantages(path, ins, [r.row for r in fetched], batch_size)
+    step("plots and page")
+    page = render(ins, fetched, tok, max_tokens=max_tokens, color_by=colour, exact=exact)
+    step(None)
     try:
         return write_text_atomic(out, page, overwrite=True)
     except OSError as exc:
@@ -66,6 +96,89 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
             raise
         # the error names the temporary file beside `out`; the user knows `out`
         raise OSError(exc.errno, f"cannot write the report: {exc.strerror}", os.fspath(out)) from None
+
+
+def _steps(progress: bool | None, total: int):
+    """A function step(what): advances a tqdm bar on stderr to the step `what` (None: done, the bar
+    closed); a no-op without a bar (progress False, or None with stderr not a terminal)."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return lambda what: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="report", unit=" steps", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: {n}/{total} steps |{bar}| {elapsed} {postfix}")
+    started = [False]
+
+    def step(what: str | None) -> None:
+        if started[0]:
+            bar.update(1)
+        started[0] = True
+        if what is None:
+            bar.set_postfix_str("done")
+            bar.close()
+        else:
+            bar.set_postfix_str(what)
+    return step
+
+
+EXACT_ADVANTAGES = "true_advantages"  # the lab's exact advantages (sae_core.lab.demo.write_rollouts)
+EXACT_VALUES = "true_values"
+
+
+def resolve_color_by(ins: Inspection, color_by: str | None) -> str | None:
+    """The name (advantages column) of the set `color_by` names (the column, or its suffix with or
+    without the underscore); None for None. Raises ValueError listing the file's sets otherwise."""
+    if color_by is None:
+        return None
+    for s in ins.sets:
+        if color_by in (s.name, s.suffix, s.suffix.lstrip("_")):
+            return s.name
+    names = ", ".join(s.name for s in ins.sets) or "none: the file has no advantages column"
+    raise ValueError(f"color_by {color_by!r} names no output set of the file; its sets: {names}")
+
+
+def exact_advantages(path: str | os.PathLike, ins: Inspection, rows: Sequence[int], batch_size: int = 4096
+                     ) -> Exact | None:
+    """The file's exact advantages (`EXACT_ADVANTAGES`), or None when it lacks them: each set's
+    Pearson r, mean squared error and bias (mean of set - exact) over valid tokens with finite
+    values ({set: (r, mse, bias, tokens)}, r NaN without variance), and the [L] float64 exact
+    advantages and values (`EXACT_VALUES`, when present) of `rows`. One streaming pass over the
+    columns it needs; memory: one batch."""
+    if EXACT_ADVANTAGES not in ins.columns:
+        return None
+    has_v = EXACT_VALUES in ins.columns
+    sets = [s.name for s in ins.sets]
+    cols = [EXACT_ADVANTAGES] + ([EXACT_VALUES] if has_v else []) + sets
+    cols += ["response_mask"] if "response_mask" in ins.columns else []
+    sums = {n: np.zeros(6) for n in sets}  # n, sx, sy, sxx, syy, sxy
+    wanted, adv, val, first = set(rows), {}, {}, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tj.TrajectoryWarning)
+        for batch in tj.iter_batches(path, batch_size=batch_size, columns=cols, validate=False,
+                                     column_map=dict(ins.mapped) or None):
+            rag = tj.to_ragged(batch, cols)
+            t, offsets = rag.tokens, np.asarray(rag.offsets)
+            x = np.asarray(t[EXACT_ADVANTAGES], dtype=np.float64)
+            valid = (np.asarray(t["response_mask"]) != 0) if "response_mask" in t else np.ones(x.size, bool)
+            for n in sets:
+                y = np.asarray(t[n], dtype=np.float64)
+                ok = valid & np.isfinite(x) & np.isfinite(y)
+                a, b = x[ok], y[ok]
+                sums[n] += [a.size, a.sum(), b.sum(), a @ a, b @ b, a @ b]
+            for r in wanted:
+                if first <= r < first + batch.num_rows:
+                    lo, hi = int(offsets[r - first]), int(offsets[r - first + 1])
+                    adv[r] = x[lo:hi].copy()
+                    if has_v:
+                        val[r] = np.asarray(t[EXACT_VALUES][lo:hi], dtype=np.float64)
+            first += batch.num_rows
+    corr = {}
+    for n, (k, sx, sy, sxx, syy, sxy) in sums.items():
+        cov, vx, vy = sxy - sx * sy / max(k, 1), sxx - sx * sx / max(k, 1), syy - sy * sy / max(k, 1)
+        r = float(cov / math.sqrt(vx * vy)) if k > 1 and vx > 0 and vy > 0 else math.nan
+        mse = (syy - 2 * sxy + sxx) / k if k else math.nan
+        corr[n] = (r, float(mse), float((sy - sx) / k) if k else math.nan, int(k))
+    return Exact(EXACT_ADVANTAGES, corr, adv, EXACT_VALUES if has_v else None, val)
 
 
 def require_matplotlib(needed_by: str = "sae report") -> None:
@@ -110,5 +223,6 @@ def load_tokenizer(tokenizer: Any) -> Any:
         raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {exc}") from None
 
 
-__all__ = ["Response", "check_out", "load_tokenizer", "pick_responses", "render", "require_matplotlib",
+__all__ = ["EXACT_ADVANTAGES", "EXACT_VALUES", "Exact", "Response", "check_out", "exact_advantages",
+           "load_tokenizer", "pick_responses", "render", "require_matplotlib", "resolve_color_by",
            "token_texts", "write_report"]
