@@ -493,3 +493,34 @@ def test_spec_prints_the_shipped_documents(capsys):
     assert capsys.readouterr().out.strip() == path.read_text().strip()
     assert main(["spec", "no-such.md"]) == 2
     assert "SPEC.md" in capsys.readouterr().err  # the message lists what there is
+
+
+def test_annotate_puts_the_metadata_back(tmp_path, capsys):
+    import pandas as pd
+
+    src = tj.write_table(tj.compute(table(), estimator="sae", threshold=0.3, suffix="_sae", backend="reference"),
+                         tmp_path / "orig.parquet")
+    pd.read_parquet(src).to_parquet(tmp_path / "pandas.parquet")  # pandas drops the sae_rl metadata
+    code, out, err = run(capsys, tmp_path / "pandas.parquet")
+    assert code == 0 and out[0].endswith("outputs advantages_sae=? (parameters unknown: no metadata)")
+    before = (tmp_path / "pandas.parquet").read_bytes()
+    assert main(["annotate", str(tmp_path / "pandas.parquet"), "--from", str(src)]) == 1  # in place needs --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["annotate", str(tmp_path / "pandas.parquet"), "--from", str(src), "--out",
+                 str(tmp_path / "fixed.parquet")]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "pandas.parquet").read_bytes() == before
+    code, out, _ = run(capsys, tmp_path / "fixed.parquet")
+    assert code == 0 and out[0].endswith("outputs advantages_sae=sae")
+    params = tj.read_info(tj.read_table(tmp_path / "fixed.parquet").schema).estimators["advantages_sae"]
+    assert params["threshold"] == 0.3
+
+
+def test_report_color_by_names_a_set_or_is_a_usage_error(tmp_path, capsys):
+    src = tj.write_table(tj.compute(tj.compute(table(), estimator="gae", suffix="_gae", backend="reference"),
+                                    estimator="sae", suffix="_sae", backend="reference"), tmp_path / "two.parquet")
+    assert main(["report", str(src), "--out", str(tmp_path / "a.html"), "--color-by", "gae", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(src), "--out", str(tmp_path / "b.html"), "--color-by", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "advantages_gae" in err and not (tmp_path / "b.html").exists()

@@ -23,9 +23,24 @@ def _inputs(args, given: list[str]) -> list[str] | None:
         return None
 
 
+def _column_map(args):
+    """The `trajectory.ColumnMap` of `--column` and `--no-column-aliases` (recognition of veRL's and
+    OpenRLHF's names on by default); None after saying why (a usage error) when a pair is refused."""
+    from ...trajectory import ColumnMap
+
+    try:
+        return ColumnMap.parse(args.column, aliases=args.column_aliases)
+    except ValueError as exc:
+        _say(f"sae {args.command}: {exc}", err=True)
+        return None
+
+
 def _validate(args) -> int:
     from ...trajectory import TrajectoryError, validate_file
 
+    column_map = _column_map(args)
+    if column_map is None:
+        return EXIT_USAGE
     files = _inputs(args, args.files)
     if files is None:
         return EXIT_FAILED
@@ -34,7 +49,7 @@ def _validate(args) -> int:
     verdicts = []
     for path in files:
         try:
-            summary = validate_file(path, estimator=args.estimator, boundary=boundary)
+            summary = validate_file(path, estimator=args.estimator, boundary=boundary, column_map=column_map)
         except TrajectoryError as exc:
             status = EXIT_FAILED
             verdicts.append({"file": path, "ok": False, "problems": [str(p) for p in exc.problems]})
@@ -53,7 +68,9 @@ def _validate(args) -> int:
         verdicts.append({"file": path, "ok": True, "rows": summary.rows, "tokens": summary.tokens,
                          "spec_version": info.spec_version, "has_metadata": info.has_metadata,
                          "outputs": {k: dict(v) for k, v in sorted(info.estimators.items())},
-                         "invalid_outputs": sorted(info.invalid), "problems": []})
+                         "invalid_outputs": sorted(info.invalid), "unknown_outputs": list(info.unknown),
+                         "columns_read_as": dict(summary.columns),
+                         "problems": []})
         if not args.json:
             _say(summary.line())
     if args.json:
@@ -65,12 +82,15 @@ def _recompute(args) -> int:
     from ...trajectory import TrajectoryError
     from ..recompute import plan_runs, recompute
 
+    column_map = _column_map(args)
+    if column_map is None:
+        return EXIT_USAGE
     common = {o.name: getattr(args, o.name, None) for o in job_options()}
     try:
         runs = plan_runs(args.estimator or ["sae"], common)
         result = recompute(args.input, args.output, runs, engine=args.engine, batch_size=args.batch_size,
                            backend=args.backend, overwrite=args.overwrite, progress=args.progress,
-                           ray_address=args.ray_address)
+                           ray_address=args.ray_address, column_map=column_map)
     except TrajectoryError as exc:
         _say_problems(exc, exc.source or "sae recompute")
         return EXIT_FAILED
@@ -96,6 +116,9 @@ def _inspect(args) -> int:
         except ValueError as exc:
             _say(f"sae inspect: --threshold: {exc}", err=True)
             return EXIT_USAGE
+    kwargs["column_map"] = _column_map(args)
+    if kwargs["column_map"] is None:
+        return EXIT_USAGE
     files = _inputs(args, args.files)
     if files is None:
         return EXIT_FAILED
@@ -127,7 +150,9 @@ def _report(args) -> int:
     from ..report import check_out, load_tokenizer, write_report
     from ..summary import check_thresholds
 
-    kwargs = {}
+    kwargs = {"column_map": _column_map(args)}
+    if kwargs["column_map"] is None:
+        return EXIT_USAGE
     try:  # the arguments first, before the file is read
         if args.threshold:
             kwargs["thresholds"] = check_thresholds(args.threshold)
@@ -142,11 +167,14 @@ def _report(args) -> int:
         return EXIT_USAGE
     try:
         path = write_report(args.file, args.out, tokenizer=tokenizer, responses=args.responses,
-                            batch_size=args.batch_size, **kwargs)
+                            batch_size=args.batch_size, color_by=args.color_by, progress=args.progress, **kwargs)
     except TrajectoryError as exc:
         _say_problems(exc, args.file)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 -- the page cannot be written (ENOSPC, EROFS, ...); else a bug
+        if isinstance(exc, ValueError) and not _is_data_problem(exc):  # --color-by naming no set of the file
+            _say(f"sae report: {exc}", err=True)
+            return EXIT_USAGE
         if not _is_data_problem(exc):
             raise
         _say(f"sae report: {_reason(exc)}", err=True)
@@ -228,6 +256,20 @@ def _warmup(args) -> int:
     _say(f"{total:.1f} s in all; {numba_compile.NOTICE.compiled} compiled, the rest loaded; numba cache: {where}")
     return EXIT_OK
 
+def _annotate(args) -> int:
+    from ...trajectory import TrajectoryError
+    from ..annotate import annotate
+
+    try:
+        done = annotate(args.file, args.source, args.out, overwrite=args.overwrite)
+    except TrajectoryError as exc:
+        _say_problems(exc, exc.source or args.file)
+        return EXIT_FAILED
+    for line in done.lines():
+        _say(line)
+    return EXIT_OK
+
+
 def _spec(args) -> int:
     from ... import spec
 
@@ -245,5 +287,5 @@ def _spec(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"spec": _spec, "validate": _validate, "recompute": _recompute, "inspect": _inspect, "report": _report,
+COMMANDS = {"annotate": _annotate, "spec": _spec, "validate": _validate, "recompute": _recompute, "inspect": _inspect, "report": _report,
             "demo": _demo, "lab": _lab, "warmup": _warmup}

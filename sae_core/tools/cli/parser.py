@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--estimator", choices=estimators,
                      help="also check that the columns this estimator reads are present")
     _add_option(val, _rule_option())
+    _add_column_flags(val)
 
     rec = sub.add_parser(
         "recompute", help="compute advantages on saved rollouts",
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar on stderr (default: when stderr is a terminal)")
+    _add_column_flags(rec, " Outputs are written with the standard's names.")
 
     ins = sub.add_parser("inspect", help="summarise a file: lengths, boundaries, segments, advantages",
                          description="A summary of a trajectory file: rows, tokens, response lengths, boundary "
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a probability threshold to count logprob boundaries at (repeatable; default "
                           "0.05, 0.1, 0.2, 0.5, plus those the file's sae sets recorded)")
     ins.add_argument("--batch-size", type=int, default=1024, help="rows read at a time (default 1024)")
+    _add_column_flags(ins)
 
     rep = sub.add_parser("report", help="a self-contained HTML report of a file",
                          description="One HTML page that needs no network: plots of segment lengths and advantage "
@@ -94,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--threshold", type=float, action="append", default=None, metavar="P",
                      help="a probability threshold to plot segments at (repeatable)")
     rep.add_argument("--batch-size", type=int, default=1024, help="rows read at a time (default 1024)")
+    rep.add_argument("--color-by", default=None, metavar="SET",
+                     help="the output set whose advantages colour the tokens: its advantages column "
+                          "(advantages_sae) or its suffix (sae); default: the first set with boundaries, else "
+                          "the first set")
+    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar on stderr (default: when stderr is a terminal)")
+    _add_column_flags(rep)
 
     dem = sub.add_parser("demo", help="the estimator lab end to end in under a minute (./dev main)",
                          description="Synthetic RLVR rollouts with exact advantages, written in the trajectory "
@@ -132,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip (veRL) or zero (OpenRLHF). Repeatable. Default: skip")
     warm.add_argument("--critic-lam", type=float, default=None, help="a decoupled critic's lambda (VAPO)")
 
+    ann = sub.add_parser(
+        "annotate", help="put the sae_rl metadata back on a file another tool rewrote",
+        description="pandas, polars, duckdb and Hugging Face datasets drop the sae_rl metadata when they rewrite a "
+                    "file, and with it every output set's parameters. This copies it from ORIGINAL (the file as "
+                    "sae-rl wrote it, or a JSON document of its metadata, e.g. `sae validate --json`) onto FILE's "
+                    "data, after checking that the data is ORIGINAL's (same trajectory ids in the same order, the "
+                    "same values in every column the estimators read or write). The output is written atomically; "
+                    "neither input is modified.")
+    ann.add_argument("file", metavar="FILE")
+    ann.add_argument("--from", dest="source", required=True, metavar="ORIGINAL",
+                     help="the file as sae-rl wrote it, or a JSON document of its metadata")
+    ann.add_argument("--out", "-o", default=None, metavar="PATH",
+                     help="the annotated file to write (default: replace FILE, which needs --overwrite)")
+    ann.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output (FILE itself when there is no --out)")
+
     spec = sub.add_parser("spec", help="the trajectory standard's documents, shipped with the package",
                           description="Print a document of the trajectory standard (default SPEC.md), its path "
                                       "(--path), or the list of documents (--list): the spec, the JSON Schemas "
@@ -143,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--list", action="store_true", help="list the documents")
     return parser
 
+
+
+def _add_column_flags(parser: argparse.ArgumentParser, more: str = "") -> None:
+    """`--column STANDARD=THEIRS` (repeatable) and `--no-column-aliases`: how a file's columns of
+    other names are read (`sae_core.trajectory.mapping`); `column_map` in commands turns them into
+    a `ColumnMap`."""
+    parser.add_argument("--column", action="append", default=None, metavar="STANDARD=THEIRS",
+                        help="read the file's column THEIRS as the standard's column STANDARD (repeatable), "
+                             "e.g. --column logprobs=old_log_probs; the file is not changed." + more)
+    parser.add_argument("--no-column-aliases", dest="column_aliases", action="store_false",
+                        help="read columns under the file's own names and --column only; by default the "
+                             "names veRL and OpenRLHF use (responses, old_log_probs, rollout_log_probs, "
+                             "token_level_rewards, action_mask, ...) are read as the standard's columns they "
+                             "hold when those are absent, with a warning")
 
 
 def job_options() -> list[registry.Option]:
