@@ -524,3 +524,18 @@ def test_report_color_by_names_a_set_or_is_a_usage_error(tmp_path, capsys):
     assert main(["report", str(src), "--out", str(tmp_path / "b.html"), "--color-by", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "advantages_gae" in err and not (tmp_path / "b.html").exists()
+
+
+def test_recompute_json(tmp_path, capsys):
+    good(tmp_path / "in" / "a.parquet", 3)
+    b = table(5)
+    tj.write_table(b.set_column(0, "trajectory_id", pa.array([f"b{i}" for i in range(5)])), tmp_path / "in" / "b.parquet")
+    (tmp_path / "in" / "bad.parquet").write_bytes(b"not parquet")
+    code = main(["recompute", str(tmp_path / "in"), str(tmp_path / "out"), "--estimator", "gae", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and doc["ok"] is False
+    by_name = {Path(f["src"]).name: f for f in doc["files"]}
+    assert by_name["a.parquet"]["status"] == "written" and by_name["a.parquet"]["rows"] == 3
+    assert by_name["bad.parquet"]["status"] == "failed" and by_name["bad.parquet"]["error"]
+    assert doc["totals"]["written"] == 2 and doc["totals"]["failed"] == 1 and doc["totals"]["rows"] == 8
+    assert doc["totals"]["tokens"] == 16

@@ -99,9 +99,20 @@ def _recompute(args) -> int:
             raise
         _say(f"sae recompute: {exc}", err=True)
         return EXIT_USAGE
-    for f in result.files:
-        _say(f.line(), err=f.status == "failed")
-    _say(result.summary())
+    if args.json:
+        import dataclasses
+
+        files = [dataclasses.asdict(f) for f in result.files]
+        totals = {s: sum(f.status == s for f in result.files) for s in ("written", "skipped", "failed")}
+        written = [f for f in result.files if f.status == "written"]
+        totals.update(rows=sum(f.rows for f in written), tokens=sum(f.tokens for f in written),
+                      seconds=sum(f.seconds for f in written))
+        _say(json.dumps({"ok": result.ok, "files": files, "totals": totals, "removed": result.removed,
+                         "notes": result.notes}, indent=2))
+    else:
+        for f in result.files:
+            _say(f.line(), err=f.status == "failed")
+        _say(result.summary())
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: this process; ray: one Ray Data task per shard")
     rec.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: a local instance)")
     rec.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    rec.add_argument("--json", action="store_true",
+                     help="print the job's result as one JSON document (each shard's status, rows, tokens, seconds, "
+                          "error, note; the totals) instead of lines")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar on stderr (default: when stderr is a terminal)")
     _add_column_flags(rec, " Outputs are written with the standard's names.")
