@@ -38,7 +38,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sae_core import compute_advantages, estimator_params, registry
@@ -69,11 +69,26 @@ class TrainerStep:
     trainer: Any = None
     fetch: Callable[[Sequence[str]], Mapping[str, Any]] | None = None
     v1: bool = False
+    fetched: dict[str, Any] = field(default_factory=dict)  # name -> what `fetch` gave (None: not there)
 
     @property
     def step(self) -> int | None:
         step = getattr(self.trainer, "global_steps", None)
         return int(step) if step is not None else None
+
+    def read(self, name: str) -> Any:
+        """The field `name` as `fetch` gives it (a nested or [B, T_name] tensor), read from
+        TransferQueue once per step however often it is asked for; None without `fetch` or when
+        TransferQueue does not hold it."""
+        if self.fetch is None:
+            return None
+        if name not in self.fetched:
+            try:
+                self.fetched[name] = self.fetch([name]).get(name)
+            except Exception as exc:  # noqa: BLE001 -- TransferQueue raises its own types for a missing field
+                log.debug("TransferQueue has no field %r: %s", name, exc)
+                self.fetched[name] = None
+        return self.fetched[name]
 
 
 _steps: list[TrainerStep] = []
@@ -145,13 +160,7 @@ def batch_field(data, name: str, context: TrainerStep, shape: Sequence[int]) -> 
     to `shape` = [B, T] of the response mask when it is per response token); None when neither has it."""
     if name in data.batch.keys():
         return data.batch[name]
-    if context.fetch is None:
-        return None
-    try:
-        value = context.fetch([name]).get(name)
-    except Exception as exc:  # TransferQueue raises its own types for a field it does not hold
-        log.debug("TransferQueue has no field %r: %s", name, exc)
-        return None
+    value = context.read(name)
     if value is None:
         return None
     import torch
@@ -344,13 +353,7 @@ def prompt_ids(data, context: TrainerStep) -> list[list[int]] | None:
         prompts = batch["prompts"].detach().cpu().numpy()
         attn = batch["attention_mask"][:, : prompts.shape[1]].detach().cpu().numpy().astype(bool)
         return [p[a].tolist() for p, a in zip(prompts, attn, strict=True)]
-    if context.fetch is None:
-        return None
-    try:
-        value = context.fetch(["prompts"]).get("prompts")
-    except Exception as exc:
-        log.debug("TransferQueue has no field 'prompts': %s", exc)
-        return None
+    value = context.read("prompts")
     if value is None:
         return None
     rows = value.unbind() if getattr(value, "is_nested", False) else list(value)

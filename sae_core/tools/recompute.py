@@ -258,16 +258,19 @@ class JobResult:
     def ok(self) -> bool:
         return all(f.status != "failed" for f in self.files)
 
-    def summary(self) -> str:
+    def totals(self) -> dict[str, int | float]:
+        """Shards by status (written, skipped, failed), and the rows, tokens and seconds of those written."""
         done = [f for f in self.files if f.status == "written"]
-        rows = sum(f.rows for f in done)
-        tokens = sum(f.tokens for f in done)
-        seconds = sum(f.seconds for f in done)
         counts = {s: sum(f.status == s for f in self.files) for s in ("written", "skipped", "failed")}
-        rate = f", {_si(tokens / seconds)} tokens/s" if seconds > 0 else ""
+        return {**counts, "rows": sum(f.rows for f in done), "tokens": sum(f.tokens for f in done),
+                "seconds": sum(f.seconds for f in done)}
+
+    def summary(self) -> str:
+        t = self.totals()
+        rate = f", {_si(t['tokens'] / t['seconds'])} tokens/s" if t["seconds"] > 0 else ""
         removed = (f"; removed {len(self.removed)} temporary file(s) of dead jobs" if self.removed else "")
-        return "\n".join([(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed: "
-                          f"{rows:,} rows, {tokens:,} tokens{rate}{removed}"), *(f"note: {n}" for n in self.notes)])
+        return "\n".join([(f"{t['written']} written, {t['skipped']} skipped, {t['failed']} failed: "
+                          f"{t['rows']:,} rows, {t['tokens']:,} tokens{rate}{removed}"), *(f"note: {n}" for n in self.notes)])
 
 
 @dataclass(frozen=True)

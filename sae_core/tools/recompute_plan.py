@@ -159,8 +159,7 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
     out_resolved = out.resolve()
     if src.is_dir():
         root = src
-        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in SHARD_SUFFIXES
-                       and not p.name.startswith(".") and not p.is_dir())
+        files = shards_under(src)
     else:
         pattern = str(input)
         files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()
@@ -188,6 +187,13 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
 __all__ = ["SHARD_SUFFIXES", "EstimatorRun", "Shard", "check_backend", "plan_files", "plan_runs"]
 
 
+def shards_under(directory: Path) -> list[Path]:
+    """The Parquet/IPC files under `directory`, recursively, sorted; hidden names left out (an entry
+    of such a name that is not a regular file is listed, and fails as a shard)."""
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in SHARD_SUFFIXES
+                  and not p.name.startswith(".") and not p.is_dir())
+
+
 def expand_inputs(paths: list[str]) -> list[str]:
     """The files a command that reads trajectory files is given: each of `paths` as it is when it
     is not a directory (a FIFO too: the reader refuses it with its own message); every
@@ -198,8 +204,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
     for given in paths:
         src = Path(given)
         if src.is_dir():
-            files = sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in SHARD_SUFFIXES
-                           and not p.name.startswith(".") and not p.is_dir())
+            files = [str(p) for p in shards_under(src)]
             if not files:
                 raise ValueError(f"no Parquet or Arrow IPC file under {given}")
         elif glob.has_magic(given) and not (src.exists() or src.is_symlink()):

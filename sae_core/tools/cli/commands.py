@@ -103,11 +103,7 @@ def _recompute(args) -> int:
         import dataclasses
 
         files = [dataclasses.asdict(f) for f in result.files]
-        totals = {s: sum(f.status == s for f in result.files) for s in ("written", "skipped", "failed")}
-        written = [f for f in result.files if f.status == "written"]
-        totals.update(rows=sum(f.rows for f in written), tokens=sum(f.tokens for f in written),
-                      seconds=sum(f.seconds for f in written))
-        _say(json.dumps({"ok": result.ok, "files": files, "totals": totals, "removed": result.removed,
+        _say(json.dumps({"ok": result.ok, "files": files, "totals": result.totals(), "removed": result.removed,
                          "notes": result.notes}, indent=2))
     else:
         for f in result.files:
