@@ -105,7 +105,11 @@ def test_readme_links_the_picture_and_the_docs():
     assert any(t.endswith(".png") for t in links), "the README shows one picture"
     for page in ["docs/benchmarks.md", "docs/testing.md", "docs/architecture.md", "docs/api.md"]:
         assert page in links, f"the README links {page}"
-    picture = next(ROOT / t for t in links if t.endswith(".png"))
+    # the picture the README shows inline (`![alt](target)`), not a linked screenshot: the first in the text
+    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", README.read_text(encoding="utf-8"),
+                                                            flags=re.M | re.S))
+    assert shown, "the README shows one picture inline"
+    picture = ROOT / shown[0]
     assert picture.stat().st_size < 150_000, f"{picture.name} is {picture.stat().st_size} bytes; keep it small"
 
 
