@@ -91,11 +91,12 @@ def annotate(path: str | os.PathLike, source: str | os.PathLike, out: str | os.P
     nothing is written then.
     """
     path, source = str(path), str(source)
-    target = Path(path if out is None else out)
+    found = tj.paths.local(path if out is None else out)  # a URI: see `trajectory.paths`
+    target = Path(found) if found is not None else str(path if out is None else out)
     if out is None and not overwrite:
         raise FileExistsError(f"{path}: annotate writes a new file; give the output path (--out), or "
                               "--overwrite to replace this file in place")
-    if target.exists() and not overwrite:
+    if tj.paths.exists(target) and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     doc, from_file = read_source(source)
     schema = tj.read_schema(path)
@@ -135,15 +136,25 @@ def annotate(path: str | os.PathLike, source: str | os.PathLike, out: str | os.P
 def read_source(source: str) -> tuple[dict[str, Any], bool]:
     """The `sae_rl` document of `source` and whether `source` is a trajectory file (else JSON).
     Raises TrajectoryError naming `source` when it holds none, or one this version cannot read."""
+    found = tj.paths.local(source)
     try:
-        with open(source, "rb") as fh:
-            head = fh.read(64).lstrip()
-    except OSError as exc:
-        raise tj.TrajectoryError(f"cannot be read: {exc.strerror or exc}", source) from None
+        if found is None:
+            with tj.paths.open_input_file(source) as fh:
+                head = fh.read(64).lstrip()
+        else:
+            with open(found, "rb") as fh:
+                head = fh.read(64).lstrip()
+    except (OSError, pa.ArrowException) as exc:
+        raise tj.TrajectoryError(f"cannot be read: {getattr(exc, 'strerror', None) or exc}", source) from None
     if head[:1] in (b"{", b"["):
         try:
-            with open(source, encoding="utf-8") as fh:
-                doc = _document(json.load(fh), source)
+            if found is None:
+                with tj.paths.open_input_file(source) as fh:
+                    text = fh.read().decode("utf-8")
+            else:
+                with open(found, encoding="utf-8") as fh:
+                    text = fh.read()
+            doc = _document(json.loads(text), source)
         except (ValueError, UnicodeDecodeError) as exc:
             raise tj.TrajectoryError(f"is not a JSON document: {exc}", source) from None
         return doc, False

@@ -11,6 +11,11 @@ removal of temporary files that dead jobs left behind.
 - `remove_stale_temporaries(targets)`: the temporary files `sae_core.atomic` names
   `.NAME.tmp-PID-RANDOM`, for the outputs of this job only, whose PID is not a live process here.
 
+Outputs and inputs may be URIs (`trajectory.paths`). A file elsewhere than on the local disk is
+fingerprinted from its filesystem's size, modification time (where it keeps one) and footer; such
+an output has no job lock (object stores have no advisory locks: running one job at a time there
+is up to the caller) and no stale temporaries are looked for (their PIDs are other machines').
+
 Job-level problems (another job holds the lock, the lock cannot be created, a Ray cluster that
 cannot be reached) raise `JobError`, an OSError: the command line reports it as one line, exit 1.
 """
@@ -27,7 +32,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from ..atomic import TEMPORARY_NAME
+from ..trajectory import paths
 
 try:
     import fcntl
@@ -61,8 +69,12 @@ def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     chunk offsets and statistics) with its length and magic; an Arrow IPC file's footer (schema and
     record batch offsets); an IPC stream, which has none, gives its last MiB. Raises OSError for a
     file that cannot be read, and for anything but a regular file (opening a FIFO would block).
+    A URI (`trajectory.paths`): its filesystem's size and mtime (None where it keeps none).
     """
-    path = Path(path)
+    found = paths.local(path)
+    if found is None:
+        return _remote_fingerprint(str(path))
+    path = Path(found)
     with open(path, "rb", opener=_nonblocking) as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -72,6 +84,21 @@ def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         fh.seek(start)
         digest = hashlib.sha256(fh.read(size - start)).hexdigest()
     return {"size": size, "mtime_ns": st.st_mtime_ns, "footer_sha256": digest}
+
+
+def _remote_fingerprint(uri: str) -> dict[str, Any]:
+    fs, inner = paths.resolve(uri)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(errno.ENOENT, "no such file", uri)
+    if info.type != pafs.FileType.File:
+        raise OSError(errno.EINVAL, "not a file", uri)
+    size = info.size
+    with fs.open_input_file(inner) as fh:
+        start = max(0, size - _footer_length(fh, size))
+        fh.seek(start)
+        digest = hashlib.sha256(fh.read(size - start)).hexdigest()
+    return {"size": size, "mtime_ns": info.mtime_ns, "footer_sha256": digest}
 
 
 def _nonblocking(path: str, flags: int) -> int:
@@ -153,6 +180,9 @@ def remove_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]
     """
     by_dir: dict[Path, set[str]] = {}
     for t in targets:
+        t = paths.local(t)
+        if t is None:  # on another filesystem: see the module docstring
+            continue
         t = Path(t)
         by_dir.setdefault(t.parent, set()).add(t.name)
     removed = []
@@ -179,8 +209,13 @@ def remove_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]
 
 
 def lock_path(output: str | os.PathLike, many: bool) -> Path:
-    """The lock of a job writing `output`: a directory (many shards) or one file."""
-    output = Path(output)
+    """The lock of a job writing `output`: a directory (many shards) or one file. A URI off the
+    local disk gives a URI, which `JobLock` does not lock (see the module docstring)."""
+    found = paths.local(output)
+    if found is None:
+        head, _, tail = str(output).rstrip("/").rpartition("/")
+        return f"{str(output).rstrip('/')}/{LOCK_NAME}" if many else f"{head}/.{tail}.sae-recompute.lock"
+    output = Path(found)
     return output / LOCK_NAME if many else output.with_name(f".{output.name}.sae-recompute.lock")
 
 
@@ -194,8 +229,9 @@ class JobLock:
     """
 
     def __init__(self, path: str | os.PathLike, where: str | os.PathLike | None = None):
-        self.path = Path(path)
-        self.where = str(where if where is not None else self.path.parent)
+        self.remote = paths.is_remote(path)  # no lock there: see the module docstring
+        self.path = Path(paths.local(path)) if not self.remote else path
+        self.where = str(where if where is not None else (self.path if self.remote else self.path.parent))
         self._fd: int | None = None
 
     def __enter__(self) -> JobLock:
@@ -206,6 +242,8 @@ class JobLock:
         self.release()
 
     def acquire(self) -> None:
+        if self.remote:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -9,6 +9,7 @@ the metadata. No output replaces an input column: a run whose own outputs it wou
 rule reads `boundaries`) writes suffixed outputs, and a shard whose file holds a column of that
 name that no recorded output set produced is refused.
 
+Inputs and outputs may be URIs (`trajectory.paths`: `file://`, `s3://`, `gs://`, `hf://`, ...).
 Outputs are atomic: written under a temporary name and renamed when whole, so an interrupted job
 leaves no partial file. Inputs are only read. Each output records its input's fingerprint (size,
 mtime, a hash of the footer: `jobs.fingerprint`). An existing output is refused without
@@ -54,7 +55,8 @@ from .jobs import (
     read_fingerprint,
     remove_stale_temporaries,
 )
-from .recompute_plan import SHARD_SUFFIXES, EstimatorRun, Shard, check_backend, plan_files, plan_runs
+from .recompute_plan import (SHARD_SUFFIXES, EstimatorRun, Shard, check_backend, plan_files, plan_runs,
+                             shard_path)
 
 # ----------------------------------------------------------------------------------------------
 # one file
@@ -335,8 +337,8 @@ def recompute(input: str | os.PathLike, output: str | os.PathLike, runs: Sequenc
     return result
 
 
-def _exists(path: Path) -> bool:
-    return os.path.lexists(path)
+def _exists(path: Path | str) -> bool:
+    return tj.paths.exists(path)
 
 
 def _one(task: _Task, runs, batch_size, backend, overwrite, on_batch=None, seen=None, column_map=None
@@ -356,7 +358,7 @@ def _one(task: _Task, runs, batch_size, backend, overwrite, on_batch=None, seen=
         error = failure_reason(exc, dst)
     if task.replace:  # its output is stale: keeping it would leave a file that no longer matches its input
         try:
-            os.unlink(dst)
+            tj.paths.remove(dst)
             error += " (its stale output was removed)"
         except OSError:
             error += " (its stale output could not be removed)"
@@ -463,7 +465,7 @@ class _RayTask:
         self.column_map = column_map
 
     def __call__(self, item: dict) -> dict:
-        task = _Task(Shard(Path(item["src"]), Path(item["dst"])), item["replace"], item["note"] or None)
+        task = _Task(Shard(shard_path(item["src"]), shard_path(item["dst"])), item["replace"], item["note"] or None)
         r = _one(task, self.runs, self.batch_size, "numba", self.overwrite, column_map=self.column_map)
         return {"index": item["index"], "src": r.src, "dst": r.dst, "status": r.status, "rows": r.rows,
                 "tokens": r.tokens, "seconds": r.seconds, "error": r.error or "", "note": r.note or ""}

@@ -1,6 +1,7 @@
 """Planning a recompute job: the estimator runs (`--estimator` values and job-wide options) and the
 files (a file, a directory of shards or a glob, and where each output goes). Nothing here reads a
-shard's data; everything here raises before a job writes anything.
+shard's data; everything here raises before a job writes anything. Inputs and outputs may be
+URIs (`trajectory.paths`): a `file://` one is planned as its local path, others on their filesystem.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from .. import registry
 from .. import trajectory as tj
+from ..trajectory import paths
 
 SHARD_SUFFIXES = (".parquet", ".pq", ".arrow", ".ipc", ".feather", ".arrows")
 
@@ -127,10 +130,16 @@ def check_backend(backend: str) -> None:
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file and where its output goes."""
+    """One input file and where its output goes: each a Path when local, else its URI (a str)."""
 
-    src: Path
-    dst: Path
+    src: Path | str
+    dst: Path | str
+
+
+def shard_path(path: str | os.PathLike) -> Path | str:
+    """A shard's path as `Shard` holds it: a Path when local (`file://` too), else the URI."""
+    found = paths.local(path)
+    return str(path) if found is None else Path(found)
 
 
 def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[list[Shard], bool]:
@@ -145,9 +154,15 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
     Raises ValueError when nothing matches, or an output would be an input or lie inside the input
     directory (a later run would read it as a shard); TrajectoryError for an input that exists but
     is neither a file nor a directory (a FIFO: opening it would block).
+    input and output may be URIs (`trajectory.paths`); off the local disk the same rules hold, on
+    the names as given (no links to resolve there).
     """
-    src = Path(input)
-    out = Path(output)
+    src_local, out_local = paths.local(input), paths.local(output)
+    if src_local is None or out_local is None:
+        return _plan_uris(str(input) if src_local is None else src_local,
+                          str(output) if out_local is None else out_local)
+    src = Path(src_local)
+    out = Path(out_local)
     if src.is_file():
         dst = out / src.name if out.is_dir() else out
         if dst.resolve() == src.resolve():
@@ -161,7 +176,7 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
         root = src
         files = shards_under(src)
     else:
-        pattern = str(input)
+        pattern = str(src_local)
         files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()
                        and out_resolved not in Path(p).resolve().parents)
         fixed = pattern.split("*")[0].split("?")[0].split("[")[0]
@@ -184,7 +199,58 @@ def plan_files(input: str | os.PathLike, output: str | os.PathLike) -> tuple[lis
     return shards, True
 
 
-__all__ = ["SHARD_SUFFIXES", "EstimatorRun", "Shard", "check_backend", "plan_files", "plan_runs"]
+def _plan_uris(input: str | os.PathLike, output: str | os.PathLike) -> tuple[list[Shard], bool]:
+    """`plan_files` where the input or the output is off the local disk (the other may be local)."""
+    kind, out_kind = paths.file_type(input), paths.file_type(output)
+    if kind == pafs.FileType.File:
+        dst = paths.join(output, paths.name(input)) if out_kind == pafs.FileType.Directory else output
+        if _key(dst) == _key(input):
+            raise ValueError(f"the output {dst} is the input; write it elsewhere")
+        return [Shard(shard_path(input), shard_path(dst))], False
+    out_key = _key(output)
+    if kind == pafs.FileType.Directory:
+        root = str(input).rstrip("/")
+        files = [f for f in paths.list_files(input) if _is_shard_name(f)]
+        if not files:
+            raise ValueError(f"no Parquet or Arrow IPC file under {input}")
+        root_key = _key(root)
+        if out_key[0] == root_key[0] and (out_key[1] + "/").startswith(root_key[1] + "/"):
+            raise ValueError(f"the output directory {output} is inside the input directory {input}; "
+                             "write it elsewhere")
+    elif kind == pafs.FileType.NotFound:
+        pattern = str(input)
+        files = [f for f in paths.glob_files(pattern) if not _key(f)[1].startswith(out_key[1] + "/")
+                 or _key(f)[0] != out_key[0]]
+        if not files:
+            raise ValueError(f"no file matches {pattern!r}")
+        magic = min((pattern.find(c) for c in "*?[" if c in pattern), default=len(pattern))
+        root = pattern[:pattern.rfind("/", 0, magic)]
+    else:
+        raise tj.TrajectoryError("not a file or a directory: give a file, a directory or a glob", str(input))
+    if out_kind == pafs.FileType.File:
+        raise ValueError(f"the output {output} is a file; a job of several shards writes to a directory")
+    shards = [Shard(shard_path(f), shard_path(paths.join(output, f[len(root) + 1:]))) for f in files]
+    inputs = {_key(f) for f in files}
+    for s in shards:
+        if _key(s.dst) in inputs:
+            raise ValueError(f"the output {s.dst} would overwrite the input of the same name; write elsewhere")
+    return shards, True
+
+
+def _key(path: str | os.PathLike) -> tuple[str, str]:
+    """(scheme, path) to compare two paths or URIs: a local one resolved, a URI's text as it is."""
+    found = paths.local(path)
+    if found is not None:
+        return "file", os.path.realpath(found)
+    return paths.scheme(path) or "", str(path).split("://", 1)[1].rstrip("/")
+
+
+def _is_shard_name(path: str) -> bool:
+    name = paths.name(path)
+    return name.lower().endswith(SHARD_SUFFIXES) and not name.startswith(".")
+
+
+__all__ = ["SHARD_SUFFIXES", "EstimatorRun", "Shard", "check_backend", "plan_files", "plan_runs", "shard_path"]
 
 
 def shards_under(directory: Path) -> list[Path]:
@@ -199,9 +265,14 @@ def expand_inputs(paths: list[str]) -> list[str]:
     is not a directory (a FIFO too: the reader refuses it with its own message); every
     Parquet/IPC file under a directory, recursively, sorted; the files a glob pattern matches
     ("**" allowed), sorted; a path that does not exist, as it is (reading it fails for that file
-    alone). Order: as given. Raises ValueError naming a pattern or directory that gives no file."""
+    alone). Order: as given. Raises ValueError naming a pattern or directory that gives no file.
+    A URI (`trajectory.paths`) is expanded on its filesystem; a `file://` one as its local path."""
     out: list[str] = []
     for given in paths:
+        if tj.paths.is_remote(given):
+            out.extend(_expand_uri(given))
+            continue
+        given = str(tj.paths.local(given))
         src = Path(given)
         if src.is_dir():
             files = [str(p) for p in shards_under(src)]
@@ -215,3 +286,23 @@ def expand_inputs(paths: list[str]) -> list[str]:
             files = [given]
         out.extend(files)
     return out
+
+
+def _expand_uri(given: str) -> list[str]:
+    """`expand_inputs` of one URI off the local disk; one no filesystem serves, as it is (reading
+    it then fails for that file alone, saying what to install)."""
+    try:
+        kind = paths.file_type(given)
+    except OSError:  # no filesystem serves it, or it cannot be reached: said when the file is read
+        return [given]
+    if kind == pafs.FileType.Directory:
+        files = [f for f in paths.list_files(given) if _is_shard_name(f)]
+        if not files:
+            raise ValueError(f"no Parquet or Arrow IPC file under {given}")
+        return files
+    if kind == pafs.FileType.NotFound and glob.has_magic(given):
+        files = paths.glob_files(given)
+        if not files:
+            raise ValueError(f"no file matches {given!r}")
+        return files
+    return [given]

@@ -19,6 +19,8 @@ The modules, lowest first (each imports only those before it):
     validation  schema_problems, batch_problems, FileCheck (the one validation), validate
     layouts     Ragged, to_ragged / from_ragged, to_padded / from_padded, place_reward
     mapping     ColumnMap (`--column STANDARD=THEIRS`, veRL's and OpenRLHF's names: ALIASES), resolve
+    paths       paths and URIs (file://, s3://, gs://, hf://, memory://): resolve to a pyarrow filesystem,
+                list, glob, UnsupportedPath; RemoteTarget (atomic writes off the local disk)
     reader      file_format, Reader (regular files only; Parquet page checksums verified; columns renamed
                 as read)
     io          read_table, iter_batches, read_schema, count_rows, validate_file, SeenIds, file_columns
@@ -36,6 +38,7 @@ from .io import (SeenIds, Summary, count_rows, file_columns, iter_batches, read_
 from .layouts import Ragged, from_padded, from_ragged, place_reward, to_padded, to_ragged
 from .mapping import ALIASES, Alias, ColumnMap, FileColumns
 from .metadata import METADATA_KEY, READABLE_MAJOR, SPEC_VERSION, Info, read_info, with_estimators
+from .paths import UnsupportedPath
 from .reader import file_format
 from .validation import batch_problems, schema_problems, validate
 from .writers import TrajectoryWriter, write_table
@@ -44,7 +47,7 @@ __all__ = [
     "ALIASES", "Alias", "COLUMN", "COLUMNS", "Column", "ColumnMap", "FileColumns", "file_columns", "Info",
     "METADATA_KEY", "OUTPUT_NAMES", "Problem", "READABLE_MAJOR",
     "Ragged", "SPEC_VERSION", "SeenIds", "Summary", "TrajectoryError", "TrajectoryWarning", "TrajectoryWriter",
-    "batch_problems",
+    "UnsupportedPath", "batch_problems",
     "boundary_rule", "column_for", "compute", "count_rows", "estimator_kwargs", "file_format", "from_padded",
     "from_ragged", "iter_batches", "metadata_schema", "needed_columns", "place_reward", "read_info", "read_schema",
     "read_table", "row_schema", "schema", "schema_problems", "to_padded", "to_ragged", "validate", "validate_file",

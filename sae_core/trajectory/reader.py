@@ -6,6 +6,8 @@ mismatch, or any page that fails to decode, is reported with the column and row 
 Arrow IPC files have no checksums: their batches are validated structurally (`validate(full=True)`).
 A `mapping.ColumnMap` renames columns as they are read (`--column STANDARD=THEIRS`, veRL's and
 OpenRLHF's names): `Reader.schema` and every batch have the names as read, `file_schema` the file's.
+A path may be a URI (`paths`: `file://`, `s3://`, `gs://`, `hf://`, ...): a local one is memory
+mapped as before, others are read through their filesystem's random-access files.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from .errors import Problem, TrajectoryError
+from . import paths
 from .mapping import ColumnMap, FileColumns, resolve
 from .validation import FileCheck, duplicate_names
 
@@ -38,19 +42,28 @@ def file_format(path: str | os.PathLike) -> str:
     if p.suffix.lower() in IPC_SUFFIXES:
         return "ipc"
     try:
-        if not stat.S_ISREG(os.stat(p).st_mode):  # opening a FIFO would wait for a writer
-            return "parquet"
-        with open(p, "rb") as fh:
-            head = fh.read(6)
-    except OSError:
+        found = paths.local(path)
+        if found is None:
+            with paths.open_input_file(path) as fh:
+                head = fh.read(6)
+        else:
+            if not stat.S_ISREG(os.stat(found).st_mode):  # opening a FIFO would wait for a writer
+                return "parquet"
+            with open(found, "rb") as fh:
+                head = fh.read(6)
+    except (OSError, pa.ArrowException):
         return "parquet"
     return "parquet" if head[:4] == b"PAR1" else "ipc"
 
 
 def check_regular(path: str) -> None:
-    """Raise TrajectoryError unless `path` is an existing regular file (symbolic links followed)."""
+    """Raise TrajectoryError unless `path` is an existing regular file (symbolic links followed);
+    a URI: an existing file of its filesystem (UnsupportedPath when no filesystem serves it)."""
+    found = paths.local(path)
+    if found is None:
+        return _check_remote(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(found).st_mode
     except FileNotFoundError:
         raise TrajectoryError("no such file", path) from None
     except OSError as exc:
@@ -59,6 +72,20 @@ def check_regular(path: str) -> None:
         kind = next((word for test, word in _KINDS if test(mode)), "not a regular file")
         raise TrajectoryError(f"is {kind}, not a regular file: a trajectory file is a Parquet or Arrow IPC file",
                               path)
+
+
+def _check_remote(path: str) -> None:
+    try:
+        kind = paths.file_type(path)
+    except paths.UnsupportedPath:  # its own line says what to install: kept as it is
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TrajectoryError(f"cannot read: {' '.join(reason.split())}", path) from None
+    if kind == pafs.FileType.NotFound:
+        raise TrajectoryError("no such file", path)
+    if kind != pafs.FileType.File:
+        raise TrajectoryError("is a directory, not a file: a trajectory file is a Parquet or Arrow IPC file", path)
 
 
 class Reader:
@@ -71,15 +98,17 @@ class Reader:
 
     def __init__(self, path: str | os.PathLike, column_map: ColumnMap | Mapping[str, str] | None = None):
         self.path = str(path)
+        self._local = paths.local(self.path)
         check_regular(self.path)
         self.format = file_format(path)
         try:
             if self.format == "parquet":
-                self._pq = pq.ParquetFile(self.path, memory_map=True, page_checksum_verification=True)
+                self._pq = self._parquet()
                 self.schema = self._pq.schema_arrow
                 self.num_rows = self._pq.metadata.num_rows
             else:
-                source = pa.memory_map(self.path)
+                source = (paths.open_input_file(self.path) if self._local is None
+                          else pa.memory_map(str(self._local)))
                 if source.read(6) == b"ARROW1":  # the file format (magic, ..., footer, magic)
                     source.seek(0)
                     self._ipc = ipc.open_file(source)
@@ -99,6 +128,11 @@ class Reader:
         self.file_schema = self.schema
         self.columns: FileColumns = resolve(self.file_schema, column_map, self.path)
         self.schema = self.columns.schema
+
+    def _parquet(self) -> pq.ParquetFile:
+        if self._local is None:
+            return pq.ParquetFile(paths.open_input_file(self.path), page_checksum_verification=True)
+        return pq.ParquetFile(str(self._local), memory_map=True, page_checksum_verification=True)
 
     def error(self, problems: list[Problem]) -> TrajectoryError:
         """The TrajectoryError of `problems` (in the names as read), worded in the file's names."""
@@ -147,7 +181,7 @@ class Reader:
         """The column and row group of a Parquet page that fails to read (a checksum mismatch,
         a page that does not decode), searched from the row group holding `first_row` on."""
         try:
-            pf = pq.ParquetFile(self.path, memory_map=True, page_checksum_verification=True)
+            pf = self._parquet()
             meta = pf.metadata
             names = columns if columns is not None else self.file_schema.names
             start = 0

@@ -3,6 +3,9 @@
 A file appears at its path whole or not at all, and an existing file is never replaced unless told.
 Every Parquet data page carries a CRC32 (`write_page_checksum`), which the readers verify
 (`reader.Reader`), so a flipped bit on disk is an error naming the column instead of wrong numbers.
+A path may be a URI (`paths`): a local one (plain or `file://`) is written as always
+(`atomic.AtomicPath`), another one through its filesystem (`paths.RemoteTarget`: a temporary
+object moved to its name when whole).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from ..atomic import AtomicPath
+from . import paths
 from .errors import TrajectoryWarning
 from .lists import is_list
 from .metadata import METADATA_KEY, metadata_bytes
@@ -24,13 +28,14 @@ from .validation import validate
 
 
 def write_table(table: pa.Table | pa.RecordBatch, path: str | os.PathLike, *, format: str | None = None,
-                overwrite: bool = False, row_group_rows: int = 1024) -> Path:
+                overwrite: bool = False, row_group_rows: int = 1024) -> Path | str:
     """Write a table in the standard to Parquet or Arrow IPC (file format), atomically.
 
     The table is validated first. It is written under a temporary name in the target directory and
     renamed when whole, so `path` holds the complete file or nothing new. An existing `path` is
     refused unless overwrite=True. format: "parquet" or "ipc" (default: from the suffix).
     Parquet row groups hold `row_group_rows` responses (readers stream one group at a time).
+    Returns `path` as a Path, or as a str for a URI other than `file://`.
     """
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
@@ -42,7 +47,7 @@ def write_table(table: pa.Table | pa.RecordBatch, path: str | os.PathLike, *, fo
     with TrajectoryWriter(path, table.schema, format=format, overwrite=overwrite,
                           row_group_rows=row_group_rows) as writer:
         writer.write(table)
-    return Path(path)
+    return writer.path
 
 
 class TrajectoryWriter:
@@ -53,16 +58,19 @@ class TrajectoryWriter:
     Batches are not validated here (see `validate`); their schema must equal `schema`. Missing
     parent directories are created. Parquet pages carry checksums. IPC files ending in `.arrows`
     get the stream format, other IPC files the file format (random access, a footer that makes
-    truncation detectable).
+    truncation detectable). `path` may be a URI (see the module docstring); `path` the attribute
+    is a Path for a local file, the URI (str) otherwise.
     """
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, format: str | None = None,
                  overwrite: bool = False, row_group_rows: int = 1024):
-        self.path = Path(path)
+        found = paths.local(path)
+        self.path = Path(found) if found is not None else str(path)
         self.format = format or file_format(path)
         if self.format not in ("parquet", "ipc"):
             raise ValueError(f"format must be 'parquet' or 'ipc'; got {format!r}")
-        self._target = AtomicPath(self.path, overwrite=overwrite)
+        self._target = (AtomicPath(self.path, overwrite=overwrite) if found is not None
+                        else paths.RemoteTarget(self.path, overwrite=overwrite))
         self.schema = schema
         self.overwrite = overwrite
         self.row_group_rows = row_group_rows
@@ -70,15 +78,19 @@ class TrajectoryWriter:
         self._sink = None
         self._open = False
         try:
+            if found is None:  # ParquetWriter and the IPC writers take a stream as well as a path
+                self._sink = self._target.open()
             if self.format == "parquet":
                 # dictionary encoding pays off only for repeated per-row strings (group_id, finish_reason);
                 # on per-token lists it is tried and abandoned page by page, at a cost
                 dictionary = [f.name for f in schema if not is_list(f.type)]
-                self._writer = pq.ParquetWriter(self.tmp, schema, use_dictionary=dictionary,
+                where = self.tmp if self._sink is None else self._sink
+                self._writer = pq.ParquetWriter(where, schema, use_dictionary=dictionary,
                                                 write_page_checksum=True)
             else:
-                self._sink = pa.OSFile(str(self.tmp), "wb")
-                stream = self.path.suffix.lower() == ".arrows"  # the usual suffix of the IPC stream format
+                if self._sink is None:
+                    self._sink = pa.OSFile(str(self.tmp), "wb")
+                stream = str(self.path).lower().endswith(".arrows")  # the usual suffix of the IPC stream format
                 self._writer = (ipc.new_stream if stream else ipc.new_file)(self._sink, schema)
         except BaseException:
             try:
