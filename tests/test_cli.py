@@ -539,3 +539,74 @@ def test_recompute_json(tmp_path, capsys):
     assert by_name["bad.parquet"]["status"] == "failed" and by_name["bad.parquet"]["error"]
     assert doc["totals"]["written"] == 2 and doc["totals"]["failed"] == 1 and doc["totals"]["rows"] == 8
     assert doc["totals"]["tokens"] == 16
+
+
+def test_warmup_json_counts_each_combination(monkeypatch, capsys):
+    """`sae warmup --json`: one entry per combination with its seconds and the compilations it caused
+    (here a stand-in for kernels.warmup compiles 2 kernels for float32 and loads float64's)."""
+    from sae_core import kernels
+    from sae_core.kernels import numba_compile
+
+    calls = []
+
+    def fake_warmup(name, *, dtype, mask_dtype, **kw):
+        calls.append((name, dtype, mask_dtype, kw["mask_mode"]))
+        numba_compile.NOTICE.compiled += 2 if dtype == "float32" else 0
+        return 0.25 if dtype == "float32" else 0.5
+
+    monkeypatch.setattr(kernels, "warmup", fake_warmup)
+    monkeypatch.setattr(numba_compile.NOTICE, "compiled", 7)  # compilations earlier in the process: not counted
+    assert main(["warmup", "--json", "--estimator", "sae:threshold=0.1", "--dtype", "float32", "--dtype", "float64",
+                 "--mask-dtype", "none", "--mask-mode", "zero"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # stdout is the JSON document alone
+    assert calls == [("sae", "float32", None, "zero"), ("sae", "float64", None, "zero")]
+    assert [(c["dtype"], c["mask_dtype"], c["mask_mode"], c["options"], c["seconds"], c["compiled"])
+            for c in doc["combinations"]] == [("float32", "none", "zero", {"threshold": 0.1}, 0.25, 2),
+                                               ("float64", "none", "zero", {"threshold": 0.1}, 0.5, 0)]
+    assert doc["totals"] == {"combinations": 2, "seconds": 0.75, "compiled": 2}
+    assert "cache_dir" in doc
+
+
+def test_report_of_a_directory_or_a_glob_writes_a_page_each_and_an_index(tmp_path, capsys):
+    d = tmp_path / "shards"
+    a = tj.write_table(tj.compute(table(), estimator="gae", backend="reference"), d / "a.parquet")
+    b = tj.write_table(tj.compute(table(4), estimator="sae", suffix="_sae", threshold=0.3, backend="reference"),
+                       d / "sub" / "b.parquet")
+    (d / "c.parquet").write_bytes(b"not parquet")
+    out = tmp_path / "pages"
+    assert main(["report", str(d), "--out", str(out), "--no-progress"]) == 1  # c fails, a and b are reported
+    std, err = capsys.readouterr()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html")) == [
+        "a.parquet.html", "index.html", "sub/b.parquet.html"]
+    assert std.splitlines() == [f"wrote {out / 'a.parquet.html'}", f"wrote {out / 'sub' / 'b.parquet.html'}",
+                                f"wrote {out / 'index.html'} (comparing 2 of 3 files)"]
+    assert err.startswith(f"{d / 'c.parquet'}: ") and len(err.splitlines()) == 1
+    index = (out / "index.html").read_text()
+    assert '<a href="a.parquet.html">' in index and '<a href="sub/b.parquet.html">' in index
+    assert "advantages_sae boundary" in index and "not reported" in index and str(d / "c.parquet") in index
+    assert "<td>3</td>" in index and "<td>4</td>" in index  # the rows of a and of b
+    # again: every page exists, so nothing is written without --overwrite (one line, a usage error)
+    before = (out / "index.html").stat().st_mtime_ns
+    assert main(["report", str(d), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sae report: {out / 'a.parquet.html'} exists; pass --overwrite to replace it"]
+    assert (out / "index.html").stat().st_mtime_ns == before
+    # a glob and a file: the pages are named under the directory that holds them all
+    assert main(["report", str(d / "*.parquet"), str(b), "--out", str(tmp_path / "g"), "--no-progress"]) == 1
+    assert sorted(p.relative_to(tmp_path / "g").as_posix() for p in (tmp_path / "g").rglob("*.html")) == [
+        "a.parquet.html", "index.html", "sub/b.parquet.html"]
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "g"), "--overwrite", "--no-progress"]) == 0
+    assert "comparing 2 of 2 files" in capsys.readouterr().out
+    assert "not reported" not in (tmp_path / "g" / "index.html").read_text()
+
+
+def test_report_of_several_files_needs_a_directory(tmp_path, capsys):
+    a, b = good(tmp_path / "a.parquet"), good(tmp_path / "b.parquet")
+    (tmp_path / "page.html").write_text("mine")
+    assert main(["report", a, b, "--out", str(tmp_path / "page.html")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sae report: {tmp_path / 'page.html'} is a file")
+    assert (tmp_path / "page.html").read_text() == "mine"
+    assert main(["report", a, a, "--out", str(tmp_path / "one"), "--no-progress"]) == 0  # given twice: one page
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.parquet.html", "index.html"]

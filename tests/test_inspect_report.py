@@ -444,3 +444,40 @@ def test_report_out_is_checked_before_reading(small_file, tmp_path):
         write_report(tmp_path / "missing.parquet", tmp_path / "d")  # the input is not even opened
     with pytest.raises(NotADirectoryError, match="is not a directory"):
         write_report(small_file, small_file / "r.html")
+
+
+# the text tables (rich) and several files in one report
+
+
+def test_text_table_keeps_columns_apart_and_numbers_right_aligned(monkeypatch):
+    from sae_core.tools.summary_format import text_table
+
+    monkeypatch.setenv("COLUMNS", "20")  # a narrow terminal must not wrap what goes to a pipe or a file
+    big = "1" * 40
+    lines = text_table(["name", "a", "b"], [["  x", "1", big], ["  longer-label", "22", "[bold]3"]])
+    # widths by hand: 14 (the label), 2, 40; two spaces between columns; no trailing spaces
+    assert lines == ["name" + " " * 10 + "   a  " + " " * 39 + "b",
+                     "  x" + " " * 11 + "   1  " + big,
+                     "  longer-label  22  " + " " * 33 + "[bold]3"]
+    assert text_table(None, [["  a", "b c"]], left=2) == ["  a  b c"]
+    with pytest.raises(ValueError, match="rows must have 3 cells"):
+        text_table(["a", "b", "c"], [["1", "2"]])
+
+
+def test_inspect_table_never_runs_columns_together(tmp_path):
+    """Values as wide as the format allows and a set name of 90 characters: every row of the
+    advantages table still splits into its name and 8 numbers, on one line (no wrap at 80)."""
+    t = small_table(False)
+    suffix = "_" + "x" * 79
+    huge = pa.array([[-1.234567e150 * (i + 1) for i in range(n)] for n in LENGTHS], pa.large_list(pa.float64()))
+    t = t.append_column("advantages" + suffix, huge).append_column("returns" + suffix, huge)
+    text = inspect_file(tj.write_table(t, tmp_path / "wide.parquet")).format()
+    assert "\x1b" not in text
+    row = next(line for line in text.splitlines() if line.startswith("  advantages" + suffix) and "e+150" in line)
+    cells = row.split()
+    assert cells[0] == "advantages" + suffix and len(cells) == 9 and len(row) > 80
+    assert all(re.fullmatch(r"-?[0-9.]+e\+15[0-9]", c) for c in cells[1:]), cells
+    header = next(line for line in text.splitlines() if line.startswith("advantages ") and "ret mean" in line)
+    # numbers right-aligned: each column's title ends where its numbers end
+    title_ends = [m.end() for m in re.finditer(r"mean|std|min|p01|p50|p99|max|ret mean", header)]
+    assert title_ends == [m.end() for m in re.finditer(r"\S+", row)][1:]

@@ -1,9 +1,10 @@
-"""The text table `sae inspect` prints (`Inspection.format()`), and the parameter words the
-report shares."""
+"""The text tables `sae inspect` prints (`Inspection.format()`, drawn by rich: `text_table`), and
+the parameter words the report shares."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import registry
@@ -17,26 +18,54 @@ NONFINITE_NOTE = ("a file with NaN or inf on a valid token of a standard float c
                   "counts are 0;\nmasked tokens and columns the standard does not name may hold anything")
 
 
-def _cell(text: str, width: int) -> str:
-    """`text` right-aligned in `width` columns, and always after at least one space: a value wider
-    than its column pushes the row right rather than running into its neighbour."""
-    return text.rjust(width) if len(text) < width else " " + text
+def text_table(header: Sequence[str] | None, rows: Sequence[Sequence[str]], *, left: int = 1) -> list[str]:
+    """The lines of a plain-text table drawn by rich: the first `left` columns left-aligned (labels;
+    their leading spaces kept, to indent rows under a heading), the others right-aligned (numbers).
+
+    header: one title per column, or None for no header line; rows: cells as strings, one sequence
+    per row, each as long as the widest. Columns are as wide as their widest cell and always at least
+    two spaces apart, whatever the values; a cell is never wrapped or cut; no ANSI escapes (the lines
+    go to pipes and files as well as to terminals); trailing spaces removed."""
+    import io
+
+    from rich.console import Console  # lazily: `sae --help` and the API need not import it
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = len(header) if header is not None else max((len(r) for r in rows), default=0)
+    if any(len(r) != columns for r in rows):
+        raise ValueError(f"rows must have {columns} cells each; got {sorted({len(r) for r in rows})}")
+    table = Table(box=None, show_header=header is not None, pad_edge=False, show_edge=False, padding=(0, 1),
+                  header_style="", highlight=False)
+    for i in range(columns):
+        # overflow "fold" only because rich skips justification with "ignore"; nothing folds at this width
+        table.add_column(Text(header[i]) if header is not None else "", justify="left" if i < left else "right",
+                         no_wrap=True, overflow="fold")
+    for r in rows:
+        table.add_row(*(Text(cell) for cell in r))  # Text: a "[" in a label is not rich markup
+    # the width only bounds the table, which takes its natural width: wide, so that nothing wraps
+    console = Console(file=io.StringIO(), width=1 << 16, color_system=None, force_terminal=False, no_color=True,
+                      legacy_windows=False, highlight=False, markup=False, emoji=False)
+    console.print(table)
+    return [line.rstrip() for line in console.file.getvalue().splitlines()]
 
 
-def _num(x: float | None, width: int = 9, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return _cell("-", width)
-    return _cell(f"{x:.{digits}g}", width)
+def _missing(x: float | None) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _int(x: float | None, width: int = 9) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return _cell("-", width)
-    return _cell(f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}", width)
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if _missing(x) else f"{x:.{digits}g}"
 
 
-def _pct(x: float, width: int = 9) -> str:
-    return _cell("-" if math.isnan(x) else f"{100 * x:.2f}%", width)
+def _int(x: float | None) -> str:
+    if _missing(x):
+        return "-"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.2f}%"
 
 
 def describe_params(params: dict[str, Any]) -> str:
@@ -81,25 +110,23 @@ def format_lines(ins: Inspection) -> list[str]:
                f"{ins.rows_without_valid:,} without a valid token)")
     out.append(f"  tokens {ins.tokens:,}, valid (response_mask 1) {ins.valid_tokens:,}{share}")
     out.append("")
-    out.append(f"{'response length':<24}{'min':>9}{'mean':>9}{'p50':>9}{'p90':>9}{'max':>9}")
-    for label, s in (("  tokens", ins.lengths), ("  valid tokens", ins.valid_lengths)):
-        out.append(f"{label:<24}{_int(s.min)}{_num(s.mean, digits=5)}{_int(s.p50)}{_int(s.p90)}{_int(s.max)}")
+    out += text_table(["response length", "min", "mean", "p50", "p90", "max"],
+                      [[label, _int(s.min), _num(s.mean, digits=5), _int(s.p50), _int(s.p90), _int(s.max)]
+                       for label, s in (("  tokens", ins.lengths), ("  valid tokens", ins.valid_lengths))])
 
     out.append("")
     if not ins.sets:
         out.append("output sets: none (no advantages column)")
     else:
         out.append("output sets (advantages over valid tokens)")
-        width = max(24, max(len(s.name) for s in ins.sets) + 4)
-        for s in ins.sets:
-            out.append(f"  {s.name:<{width - 2}}{s.estimator} {set_params(s)}".rstrip())
+        out += text_table(None, [[f"  {s.name}", f"{s.estimator} {set_params(s)}".rstrip()] for s in ins.sets],
+                          left=2)
         out.append("")
-        out.append(f"{'advantages':<{width}}{'mean':>9}{'std':>9}{'min':>9}{'p01':>9}{'p50':>9}{'p99':>9}"
-                   f"{'max':>9}{'ret mean':>10}")
-        for s in ins.sets:
-            a = s.advantages
-            out.append(f"  {s.name:<{width - 2}}{_num(a.mean)}{_num(a.std)}{_num(a.min)}{_num(a.p01)}"
-                       f"{_num(a.p50)}{_num(a.p99)}{_num(a.max)} {_num(s.returns_mean)}")
+        out += text_table(["advantages", "mean", "std", "min", "p01", "p50", "p99", "max", "ret mean"],
+                          [[f"  {s.name}", *(_num(x) for x in (s.advantages.mean, s.advantages.std, s.advantages.min,
+                                                               s.advantages.p01, s.advantages.p50, s.advantages.p99,
+                                                               s.advantages.max, s.returns_mean))]
+                           for s in ins.sets])
         if any(not s.advantages.exact for s in ins.sets):
             size = max(s.sample.size for s in ins.sets if not s.advantages.exact)
             out.append(f"  (p01/p50/p99 from a uniform sample of {size:,} valid tokens per column)")
@@ -109,13 +136,9 @@ def format_lines(ins: Inspection) -> list[str]:
              for t in ins.thresholds]
     out.append("")
     if rows:
-        width = max(24, max(len(label) for _, label in rows) + 4)
-        out.append(f"{'segments (valid tokens)':<{width}}{'boundary':>9}{'segments':>11}{'mean':>9}{'p50':>9}"
-                   f"{'p90':>9}{'max':>9}")
-        for sg, label in rows:
-            ls = sg.lengths
-            out.append(f"  {label:<{width - 2}}{_pct(sg.fraction)}{_cell(f'{ls.count:,}', 11)}{_num(ls.mean)}"
-                       f"{_int(ls.p50)}{_int(ls.p90)}{_int(ls.max)}")
+        out += text_table(["segments (valid tokens)", "boundary", "segments", "mean", "p50", "p90", "max"],
+                          [[f"  {label}", _pct(sg.fraction), f"{sg.lengths.count:,}", _num(sg.lengths.mean),
+                            _int(sg.lengths.p50), _int(sg.lengths.p90), _int(sg.lengths.max)] for sg, label in rows])
         marked = [t for t in ins.thresholds if t.recorded_by]
         for t in marked:
             out.append(f"  * p={t.threshold:g}: the threshold of {', '.join(t.recorded_by)}")
@@ -127,27 +150,22 @@ def format_lines(ins: Inspection) -> list[str]:
         out.append("correlations of advantages (Pearson, valid tokens)")
         # columns numbered, rows named with their number: as wide as the names once, not per column
         names = [s.name for s in ins.sets]
-        labels = [f"({i}) {n}" for i, n in enumerate(names, start=1)]
-        width = max(24, max(len(x) for x in labels) + 4)
         r = {(c.a, c.b): c.r for c in ins.correlations}
         r.update({(c.b, c.a): c.r for c in ins.correlations})
-        col = 8
-        out.append(" " * width + "".join(_cell(f"({i})", col) for i in range(1, len(names) + 1)))
-        for a, label in zip(names, labels, strict=True):
-            cells = "".join(_cell("1.000" if a == b else ("-" if math.isnan(r[(a, b)]) else f"{r[(a, b)]:.3f}"), col)
-                            for b in names)
-            out.append(f"  {label:<{width - 2}}{cells}")
+
+        def cell(a: str, b: str) -> str:
+            return "1.000" if a == b else ("-" if math.isnan(r[(a, b)]) else f"{r[(a, b)]:.3f}")
+
+        out += text_table(["", *(f"({i})" for i in range(1, len(names) + 1))],
+                          [[f"  ({i}) {a}", *(cell(a, b) for b in names)] for i, a in enumerate(names, start=1)])
 
     if ins.nonfinite:
         out.append("")
-        width = max(24, max(len(n.column) for n in ins.nonfinite) + 4)
-        out.append(f"{'non-finite values':<{width}}{'NaN':>9}{'inf':>9}{'NaN valid':>11}{'inf valid':>11}")
-        for n in ins.nonfinite:
-            label = n.column + (" (row)" if n.level == "row" else "")
-            out.append(f"  {label:<{width - 2}}{_cell(f'{n.nan:,}', 9)}{_cell(f'{n.inf:,}', 9)}{_int(n.nan_valid, 11)}"
-                       f"{_int(n.inf_valid, 11)}")
+        out += text_table(["non-finite values", "NaN", "inf", "NaN valid", "inf valid"],
+                          [[f"  {n.column}" + (" (row)" if n.level == "row" else ""), f"{n.nan:,}", f"{n.inf:,}",
+                            _int(n.nan_valid), _int(n.inf_valid)] for n in ins.nonfinite])
         out += [f"  {line}" for line in f"({NONFINITE_NOTE})".splitlines()]
     return out
 
 
-__all__ = ["NONFINITE_NOTE", "describe_params", "format_lines", "set_params"]
+__all__ = ["NONFINITE_NOTE", "describe_params", "format_lines", "set_params", "text_table"]

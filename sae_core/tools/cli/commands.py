@@ -154,29 +154,39 @@ def _inspect(args) -> int:
 
 def _report(args) -> int:
     from ...trajectory import TrajectoryError
-    from ..report import check_out, load_tokenizer, write_report
+    from ..report import check_out, check_out_dir, load_tokenizer, page_names, write_report
     from ..summary import check_thresholds
 
     kwargs = {"column_map": _column_map(args)}
     if kwargs["column_map"] is None:
         return EXIT_USAGE
+    files = _inputs(args, args.files)
+    if files is None:
+        return EXIT_FAILED
+    many = files != args.files or len(files) > 1  # a directory, a glob, several: a page each and an index
+    files = list(dict.fromkeys(files))
     try:  # the arguments first, before the file is read
         if args.threshold:
             kwargs["thresholds"] = check_thresholds(args.threshold)
         if args.responses < 0:
             raise ValueError(f"--responses must be at least 0; got {args.responses}")
-        check_out(args.out)
-        if os.path.exists(args.out) and not args.overwrite:
+        if many:
+            check_out_dir(args.out, page_names(files), overwrite=args.overwrite)
+        else:
+            check_out(args.out)
+        if not many and os.path.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
         tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
     except (ValueError, OSError) as exc:  # a threshold out of range, an --out that cannot be a page,
         _say(f"sae report: {exc}", err=True)  # a tokenizer that does not load
         return EXIT_USAGE
+    if many:
+        return _report_many(args, files, tokenizer, kwargs)
     try:
-        path = write_report(args.file, args.out, tokenizer=tokenizer, responses=args.responses,
+        path = write_report(files[0], args.out, tokenizer=tokenizer, responses=args.responses,
                             batch_size=args.batch_size, color_by=args.color_by, progress=args.progress, **kwargs)
     except TrajectoryError as exc:
-        _say_problems(exc, args.file)
+        _say_problems(exc, files[0])
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 -- the page cannot be written (ENOSPC, EROFS, ...); else a bug
         if isinstance(exc, ValueError) and not _is_data_problem(exc):  # --color-by naming no set of the file
@@ -188,6 +198,30 @@ def _report(args) -> int:
         return EXIT_FAILED
     _say(f"wrote {path}")
     return EXIT_OK
+
+
+def _report_many(args, files: list[str], tokenizer, kwargs: dict) -> int:
+    """`sae report` on several files (`report.write_reports`): each page said as it is written, a
+    file that fails as `FILE: reason` lines on stderr (the others still reported), then the index."""
+    from ..report import write_reports
+
+    def said(page) -> None:
+        if page.ok:
+            _say(f"wrote {page.page}")
+        for problem in page.problems:
+            _say(problem if problem.startswith(f"{page.file}: ") else f"{page.file}: {problem}", err=True)
+
+    try:
+        pages, index = write_reports(files, args.out, overwrite=args.overwrite, on_page=said, tokenizer=tokenizer,
+                                     responses=args.responses, batch_size=args.batch_size, color_by=args.color_by,
+                                     progress=args.progress, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- the index cannot be written (ENOSPC, EROFS, ...); else a bug
+        if not _is_data_problem(exc):
+            raise
+        _say(f"sae report: {_reason(exc)}", err=True)
+        return EXIT_FAILED
+    _say(f"wrote {index} (comparing {sum(p.ok for p in pages)} of {len(pages)} files)")
+    return EXIT_OK if all(p.ok for p in pages) else EXIT_FAILED
 
 
 def _demo(args) -> int:
@@ -245,7 +279,9 @@ def _warmup(args) -> int:
     except (ValueError, TypeError) as exc:
         _say(f"sae warmup: {exc}", err=True)
         return EXIT_USAGE
-    total = 0.0
+    from ...kernels import numba_compile, numba_scan
+
+    total, done, compiled_before = 0.0, [], numba_compile.NOTICE.compiled
     for (name, options), dtype, mask, mode in itertools.product(runs, args.dtype or ["float32"],
                                                                 args.mask_dtype or ["int64"],
                                                                 args.mask_mode or ["skip"]):
@@ -256,10 +292,19 @@ def _warmup(args) -> int:
             _say(f"sae warmup: {exc}", err=True)
             return EXIT_USAGE
         total += seconds
-        _say(f"{name} {dtype} values, {mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
-    from ...kernels import numba_compile, numba_scan
-
-    where = numba_compile.cache_dir(numba_scan._scan) or "none (no writable directory: each process compiles)"
+        compiled = numba_compile.NOTICE.compiled - sum(d["compiled"] for d in done) - compiled_before
+        done.append({"estimator": name, "options": options, "dtype": dtype, "mask_dtype": mask,
+                     "mask_mode": kw["mask_mode"], "critic_lam": args.critic_lam, "seconds": seconds,
+                     "compiled": compiled})
+        if not args.json:
+            _say(f"{name} {dtype} values, {mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
+    cache = numba_compile.cache_dir(numba_scan._scan)
+    if args.json:  # compiled: numba compilations in this process (0: every kernel loaded from the cache)
+        _say(json.dumps({"combinations": done, "totals": {"combinations": len(done), "seconds": total,
+                                                          "compiled": sum(d["compiled"] for d in done)},
+                         "cache_dir": cache}, indent=2, default=str))
+        return EXIT_OK
+    where = cache or "none (no writable directory: each process compiles)"
     _say(f"{total:.1f} s in all; {numba_compile.NOTICE.compiled} compiled, the rest loaded; numba cache: {where}")
     return EXIT_OK
 

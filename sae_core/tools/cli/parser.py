@@ -88,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--batch-size", type=int, default=1024, help="rows read at a time (default 1024)")
     _add_column_flags(ins)
 
-    rep = sub.add_parser("report", help="a self-contained HTML report of a file",
+    rep = sub.add_parser("report", help="a self-contained HTML report of a file (or of several, with an index)",
                          description="One HTML page that needs no network: plots of segment lengths and advantage "
-                                     "distributions per estimator, and a token view of a few responses.")
-    rep.add_argument("file", metavar="FILE")
-    rep.add_argument("--out", required=True, metavar="PAGE.html")
-    rep.add_argument("--overwrite", action="store_true", help="replace PAGE.html if it exists")
+                                     "distributions per estimator, and a token view of a few responses. FILE is a "
+                                     "file, a directory (every shard under it) or a glob pattern (quote it). One "
+                                     "file: --out is the page. Several (a directory, a glob, or more than one "
+                                     "FILE): --out is a directory that gets a page per file (the file's path under "
+                                     "the directory holding them all, .html added) and index.html, a table that "
+                                     "compares the files (rows, tokens, lengths, each set's advantage mean and std "
+                                     "and boundary fraction) with a link to each page; a file that fails is listed "
+                                     "there and on stderr, and the others are still reported (exit status 1).")
+    rep.add_argument("files", nargs="+", metavar="FILE")
+    rep.add_argument("--out", required=True, metavar="PAGE.html|DIR")
+    rep.add_argument("--overwrite", action="store_true",
+                     help="replace pages that exist (without it, nothing is written when one exists)")
     rep.add_argument("--tokenizer", default=None, metavar="PATH",
                      help="a local transformers tokenizer to decode token ids with")
     rep.add_argument("--responses", type=int, default=4, help="responses in the token view (default 4)")
@@ -144,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--mask-mode", action="append", choices=registry.MASK_MODES,
                       help="skip (veRL) or zero (OpenRLHF). Repeatable. Default: skip")
     warm.add_argument("--critic-lam", type=float, default=None, help="a decoupled critic's lambda (VAPO)")
+    warm.add_argument("--json", action="store_true",
+                      help="print one JSON document instead of lines: each combination (estimator, options, dtypes, "
+                           "mask mode), its seconds and the kernels it compiled (0: loaded from the cache); the "
+                           "totals; numba's cache directory (null when there is none)")
 
     ann = sub.add_parser(
         "annotate", help="put the sae_rl metadata back on a file another tool rewrote",

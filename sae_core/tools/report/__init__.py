@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ...atomic import write_text_atomic
 from ...extras import require
 from ..summary import DEFAULT_THRESHOLDS, Inspection, inspect_file
 from .html import Exact, render, token_texts
+from .many import INDEX, Page, check_out_dir, page_names, render_index
 from .selection import Response, boundary_marks, fetch_responses, pick_responses
 
 
@@ -40,6 +41,8 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
                  batch_size: int = 4096, color_by: str | None = None, column_map: Any = None,
                  progress: bool | None = False) -> Path:
     """Write the HTML report on trajectory file `path` to `out` (replaced if it exists), atomically.
+    (`write_report_with_summary` also returns the file's summary; `write_reports` reports on several
+    files, a page each and an index comparing them.)
 
     tokenizer: None (tokens shown as ids), a local path or cached name for
         `transformers.AutoTokenizer.from_pretrained` (no download is attempted), or a tokenizer
@@ -69,6 +72,17 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
     `sae_core.extras.MissingExtra` (one line naming the `report` extra) without matplotlib, before
     the file is read.
     """
+    return write_report_with_summary(path, out, tokenizer=tokenizer, responses=responses, thresholds=thresholds,
+                                     max_tokens=max_tokens, batch_size=batch_size, color_by=color_by,
+                                     column_map=column_map, progress=progress)[0]
+
+
+def write_report_with_summary(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: Any = None,
+                              responses: int = 4, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                              max_tokens: int = 1500, batch_size: int = 4096, color_by: str | None = None,
+                              column_map: Any = None, progress: bool | None = False) -> tuple[Path, Inspection]:
+    """`write_report` (the same arguments and errors), returning the Path written and the file's
+    summary (`inspect_file`'s `Inspection`), from which `write_reports` builds its index."""
     require_matplotlib()
     if responses < 0 or max_tokens < 2:
         raise ValueError(f"responses must be >= 0 and max_tokens >= 2; got {responses} and {max_tokens}")
@@ -90,12 +104,59 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike, *, tokenizer: 
     page = render(ins, fetched, tok, max_tokens=max_tokens, color_by=colour, exact=exact)
     step(None)
     try:
-        return write_text_atomic(out, page, overwrite=True)
+        return write_text_atomic(out, page, overwrite=True), ins
     except OSError as exc:
         if exc.errno is None:
             raise
         # the error names the temporary file beside `out`; the user knows `out`
         raise OSError(exc.errno, f"cannot write the report: {exc.strerror}", os.fspath(out)) from None
+
+
+def write_reports(files: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
+                  on_page: Callable[[Page], None] | None = None, **options: Any) -> tuple[list[Page], Path]:
+    """Report on several trajectory files: a page per file under the directory `out` (named by
+    `page_names`: each file's path under the deepest directory holding them all, ".html" added),
+    then `out/index.html` comparing the files (`render_index`), each written atomically.
+
+    options: those of `write_report` (tokenizer, responses, thresholds, max_tokens, batch_size,
+        color_by, column_map, progress), the same for every file; a tokenizer path is loaded once.
+    overwrite: replace pages that exist; without it, an existing page or index raises
+        FileExistsError before any file is read (`check_out_dir`).
+    on_page: called with each file's `Page` as soon as it is done (to say so as the job goes).
+    A file that cannot be reported (not in the standard, unreadable, lacking the `color_by` set, a
+    page that cannot be written) does not stop the others: its `Page` has its problems and the index
+    lists it. Returns the Pages, in the order of `files`, and the index's Path. Raises as
+    `write_report` does for bad arguments (before any file is read), ValueError from `page_names`,
+    NotADirectoryError for an `out` that is a file, OSError when the index cannot be written.
+    """
+    import pyarrow as pa
+
+    require_matplotlib()
+    names = page_names(files)
+    out = check_out_dir(out, names, overwrite=overwrite)
+    if options.get("tokenizer") is not None:
+        options["tokenizer"] = load_tokenizer(options["tokenizer"])
+    pages = []
+    for f, name in zip(files, names, strict=True):
+        dst = out / name
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            page = Page(os.fspath(f), dst, write_report_with_summary(f, dst, **options)[1])
+        except tj.TrajectoryError as exc:
+            page = Page(os.fspath(f), dst, problems=tuple(str(p) for p in exc.problems))
+        except (OSError, pa.ArrowException, ColorByError) as exc:  # the file or its page; anything else: a bug
+            page = Page(os.fspath(f), dst, problems=(_one_line(exc),))
+        pages.append(page)
+        if on_page is not None:
+            on_page(page)
+    return pages, write_text_atomic(out / INDEX, render_index(pages, out), overwrite=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    """`FILE: reason` for an OSError naming its file (not `[Errno 28] reason: 'FILE'`), else the message."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _steps(progress: bool | None, total: int):
@@ -125,6 +186,10 @@ EXACT_ADVANTAGES = "true_advantages"  # the lab's exact advantages (sae_core.lab
 EXACT_VALUES = "true_values"
 
 
+class ColorByError(ValueError):
+    """`color_by` names no output set of the file (a usage error for one file; a failed page among several)."""
+
+
 def resolve_color_by(ins: Inspection, color_by: str | None) -> str | None:
     """The name (advantages column) of the set `color_by` names (the column, or its suffix with or
     without the underscore); None for None. Raises ValueError listing the file's sets otherwise."""
@@ -134,7 +199,7 @@ def resolve_color_by(ins: Inspection, color_by: str | None) -> str | None:
         if color_by in (s.name, s.suffix, s.suffix.lstrip("_")):
             return s.name
     names = ", ".join(s.name for s in ins.sets) or "none: the file has no advantages column"
-    raise ValueError(f"color_by {color_by!r} names no output set of the file; its sets: {names}")
+    raise ColorByError(f"color_by {color_by!r} names no output set of the file; its sets: {names}")
 
 
 def exact_advantages(path: str | os.PathLike, ins: Inspection, rows: Sequence[int], batch_size: int = 4096
@@ -223,6 +288,7 @@ def load_tokenizer(tokenizer: Any) -> Any:
         raise ValueError(f"cannot load a tokenizer from {os.fspath(tokenizer)!r}: {exc}") from None
 
 
-__all__ = ["EXACT_ADVANTAGES", "EXACT_VALUES", "Exact", "Response", "check_out", "exact_advantages",
-           "load_tokenizer", "pick_responses", "render", "require_matplotlib", "resolve_color_by",
-           "token_texts", "write_report"]
+__all__ = ["EXACT_ADVANTAGES", "EXACT_VALUES", "INDEX", "ColorByError", "Exact", "Page", "Response", "check_out",
+           "check_out_dir", "exact_advantages", "load_tokenizer", "page_names", "pick_responses", "render",
+           "render_index", "require_matplotlib", "resolve_color_by", "token_texts", "write_report",
+           "write_report_with_summary", "write_reports"]
