@@ -358,3 +358,19 @@ def test_an_output_inside_the_input_directory_is_refused(mem):
     with pytest.raises(ValueError, match="is the input"):
         recompute(f"{uri}/in/a.parquet", f"{uri}/in/a.parquet", plan_runs(["sae"], {}))
     assert files_under(fs, root) == ["in/a.parquet"]
+
+
+def test_report_page_to_a_memory_uri(mem, tmp_path, capsys):
+    """`sae report FILE --out memory://...`: the page lands on the other filesystem, whole (no temporary
+    left); an existing page is refused without --overwrite."""
+    pytest.importorskip("matplotlib")
+    uri, fs, root = mem
+    src = tmp_path / "r.parquet"
+    tj.write_table(rollouts(6, seed=1), src)
+    code, _, err = run(capsys, "report", src, "--out", f"{uri}/page.html")
+    assert code == 0, err
+    assert files_under(fs, root) == ["page.html"]
+    assert "<html" in fs.cat_file(f"{root}/page.html").decode()[:300].lower()
+    code, _, err = run(capsys, "report", src, "--out", f"{uri}/page.html")
+    assert code == 2 and "exists; pass --overwrite" in err
+    assert run(capsys, "report", src, "--out", f"{uri}/page.html", "--overwrite")[0] == 0

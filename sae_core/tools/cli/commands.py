@@ -156,6 +156,7 @@ def _report(args) -> int:
     from ...trajectory import TrajectoryError
     from ..report import check_out, check_out_dir, load_tokenizer, page_names, write_report
     from ..summary import check_thresholds
+    from ...trajectory import paths as tj_paths
 
     kwargs = {"column_map": _column_map(args)}
     if kwargs["column_map"] is None:
@@ -174,7 +175,7 @@ def _report(args) -> int:
             check_out_dir(args.out, page_names(files), overwrite=args.overwrite)
         else:
             check_out(args.out)
-        if not many and os.path.exists(args.out) and not args.overwrite:
+        if not many and tj_paths.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
         tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
     except (ValueError, OSError) as exc:  # a threshold out of range, an --out that cannot be a page,

@@ -104,6 +104,8 @@ def write_report_with_summary(path: str | os.PathLike, out: str | os.PathLike, *
     page = render(ins, fetched, tok, max_tokens=max_tokens, color_by=colour, exact=exact)
     step(None)
     try:
+        if isinstance(out, str):  # a URI: written whole or not at all by its filesystem's move
+            return tj.paths.write_bytes(out, page.encode("utf-8"), overwrite=True), ins
         return write_text_atomic(out, page, overwrite=True), ins
     except OSError as exc:
         if exc.errno is None:
@@ -252,10 +254,14 @@ def require_matplotlib(needed_by: str = "sae report") -> None:
     require("matplotlib", extra="report", needed_by=needed_by)
 
 
-def check_out(out: str | os.PathLike) -> Path:
+def check_out(out: str | os.PathLike) -> Path | str:
     """`out` as a Path if a page can be written there: not an existing directory, and no parent
     that exists as something other than a directory. Raises IsADirectoryError or
-    NotADirectoryError saying so (the write itself can still fail: a full disk, no permission)."""
+    NotADirectoryError saying so (the write itself can still fail: a full disk, no permission).
+    A URI (`s3://...`, `memory://...`; `trajectory.paths`) is returned as it is: its filesystem
+    says what is wrong when the page is written."""
+    if tj.paths.is_remote(out):
+        return str(out)
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a directory: give the path of the page to write, "
