@@ -424,7 +424,7 @@ def test_version_and_help(capsys):
         assert command in out
     with pytest.raises(SystemExit):
         main(["lab", "--help"])
-    assert "95% CI" in capsys.readouterr().out
+    assert "95% t-intervals" in capsys.readouterr().out  # not "95%%": argparse's own escape shown
 
 
 def test_python_m_sae_core_is_sae(tmp_path):

@@ -1,36 +1,26 @@
-"""The estimator lab: synthetic RLVR rollouts whose true values and advantages are known exactly,
-critics with controlled errors, and every estimator scored against the exact advantages.
+"""The estimator lab: synthetic RLVR processes whose values, advantages and policy gradient are known
+exactly, critics hand-made and learned, every estimator and control on the same rollouts, and the
+pre-registered study that compares them (`sae lab`).
 
-    process   the synthetic process and its exact values (dynamic programming), `sample`
-    critics   `Critic` error models (noise, drift, shrinkage) on top of the exact values
-    scoring   `compare`: each estimator through `compute_advantages_ragged`, scored; `summarize`
-    sweep     `sae lab`: every critic over seeds
-    demo      `sae demo`: the lab end to end through files, `sae recompute` and `sae report`
-              (imported on use: it needs pyarrow)
+    process      the processes ("overwrite", "absorbing"), their exact solution by dynamic
+                 programming, sampling, continuations from a state
+    gradient     the exact policy gradient of a tabular softmax policy, and batch estimates of it
+    critics      hand-made critics: exact, blind, late, exact at decisions or at boundaries
+    learned      critics learned from rollouts (ridge regression on prefix features; MC or TD targets)
+    estimators   the estimators and controls (matched GAE, random, fixed, oracle boundaries)
+    metrics      cosine to the exact gradient (batch, pooled, bias/variance), per-segment and per-token
+                 correlations
+    stats        t-intervals, the pre-registered paired contrasts
+    closed_loop  PPO on the tabular policy with a learned critic alongside; the exact expected reward
+    study        `sae lab`: settings x critics x estimators x paired seeds
+    present      tables (text, Markdown for docs/lab.md) and the plot
+    demo         `sae demo` (imported on use: it needs pyarrow)
 
 Findings: docs/lab.md.
 """
 
-from .critics import DEFAULT_CRITICS, Critic, critic_values
-from .process import Rollouts, TaskConfig, exact_values, make_task, sample
-from .scoring import (
-    METRICS,
-    TABLE_METRICS,
-    Estimator,
-    Summary,
-    compare,
-    default_estimators,
-    format_table,
-    logprob_boundaries,
-    score,
-    segments,
-    summarize,
-)
-from .sweep import SweepConfig, sweep
+from .process import ProcessConfig, Rollouts, Solution, Task, exact_gradient, make_tasks, rollout, sample, solve
+from .study import CriticSpec, StudyConfig
 
-__all__ = [
-    "Critic", "DEFAULT_CRITICS", "Estimator", "METRICS", "Rollouts", "Summary", "SweepConfig",
-    "TABLE_METRICS",
-    "TaskConfig", "compare", "critic_values", "default_estimators", "exact_values", "format_table",
-    "logprob_boundaries", "make_task", "sample", "score", "segments", "summarize", "sweep",
-]
+__all__ = ["CriticSpec", "ProcessConfig", "Rollouts", "Solution", "StudyConfig", "Task", "exact_gradient",
+           "make_tasks", "rollout", "sample", "solve"]

@@ -228,45 +228,77 @@ def _report_many(args, files: list[str], tokenizer, kwargs: dict) -> int:
 def _demo(args) -> int:
     from ...lab.demo import DemoConfig, run  # lazily: the lab sits above the tools
 
-    if args.tasks < 1 or args.samples < 1:
-        _say("sae demo: --tasks and --samples must be at least 1", err=True)
+    if args.seeds < 2 or args.tasks < 1 or args.samples < 1:
+        _say("sae demo: --seeds must be at least 2 (an interval needs two), --tasks and --samples at least 1",
+             err=True)
         return EXIT_USAGE
-    _say(run(args.out, DemoConfig(tasks=args.tasks, samples=args.samples, seed=args.seed),
-              report=not args.no_report))
+    try:
+        text = run(args.out, DemoConfig(seeds=args.seeds, file_tasks=args.tasks, samples=args.samples, seed=args.seed),
+                   report=not args.no_report, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        _say(f"sae demo: {exc}", err=True)
+        return EXIT_USAGE
+    _say(text)
     return EXIT_OK
 
 
 def _lab(args) -> int:
     import dataclasses
 
-    from ... import lab  # lazily: the lab sits above the tools
+    from ...lab import present, study  # lazily: the lab sits above the tools
 
     try:
-        config = lab.SweepConfig()
-        if args.config:
-            with open(args.config) as fh:
-                config = lab.SweepConfig.from_dict(json.load(fh))
-        if args.seeds is not None:
-            config = dataclasses.replace(config, seeds=args.seeds)
-        if config.seeds < 1:
-            raise ValueError("seeds must be at least 1")
+        if args.results:
+            if args.config or args.quick or args.seeds is not None:
+                raise ValueError("--from reads results: --config, --quick and --seeds would not apply")
+            with open(args.results) as fh:
+                doc = json.load(fh)
+            if "summary" not in doc:
+                raise ValueError(f"{args.results}: no 'summary' (not the output of sae lab --out)")
+        else:
+            config = study.StudyConfig.quick() if args.quick else study.StudyConfig()
+            if args.config:
+                with open(args.config) as fh:
+                    config = study.StudyConfig.from_dict(json.load(fh))
+            if args.seeds is not None:
+                config = dataclasses.replace(config, seeds=args.seeds)
+            if config.seeds < 2:
+                raise ValueError("seeds must be at least 2 (a t-interval needs two)")
+        for path in (args.out, args.plot):
+            if path and os.path.exists(path) and not args.overwrite:
+                raise ValueError(f"{path} exists; pass --overwrite to replace it")
+        if args.update_doc and not os.path.isfile(args.update_doc):
+            raise ValueError(f"--update-doc {args.update_doc}: no such file")
     except (OSError, ValueError, TypeError) as exc:
         _say(f"sae lab: {_reason(exc)}", err=True)
         return EXIT_USAGE
-    if args.out and os.path.exists(args.out) and not args.overwrite:
-        _say(f"sae lab: {args.out} exists; pass --overwrite to replace it", err=True)
-        return EXIT_USAGE
-    results = lab.sweep(config, progress=args.progress)
-    _say(f"{config.tasks} tasks x {config.samples} responses per seed, {config.seeds} seeds; "
-         f"mean ± 95% CI over seeds\n")
-    for name, summary in results.items():
-        _say(f"critic: {name}\n{lab.format_table(summary)}\n")
+    if not args.results:
+        doc = study.run(config, progress=args.progress)
     if args.out:
-        doc = {"config": dataclasses.asdict(config),
-               "results": {name: {"mean": s.mean, "ci95": s.ci95, "seeds": s.seeds} for name, s in results.items()}}
-        with open(args.out, "w") as fh:
-            json.dump(doc, fh, indent=1)
-        _say(f"wrote {args.out}")
+        from ...atomic import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(doc, indent=1, sort_keys=False) + "\n", overwrite=args.overwrite)
+    if args.json:
+        loop = (doc.get("closed_loop") or {}).get("summary")
+        print(json.dumps({"summary": doc["summary"], "closed_loop": loop, "expected_bias": doc.get("expected_bias"),
+                          "seconds": doc.get("seconds")}, indent=1))
+    else:
+        cfg = doc["config"]
+        _say(f"{cfg['seeds']} paired seeds; {cfg['tasks']} prompts x {cfg['samples']} responses per batch, "
+             f"{cfg['batches']} batches per seed; mean ± 95% t-interval over seeds; * : the interval excludes 0\n")
+        for name, table in present.all_tables(doc, markdown=False).items():
+            _say(f"{name}\n{table}\n")
+    if args.update_doc:
+        with open(args.update_doc, encoding="utf-8") as fh:
+            text = fh.read()
+        from ...atomic import write_text_atomic
+
+        write_text_atomic(args.update_doc, present.update_doc(text, present.all_tables(doc)), overwrite=True)
+    if args.plot:
+        present.plot(doc["summary"], args.plot, overwrite=args.overwrite)
+    for what, path in (("results", args.out), ("tables", args.update_doc), ("plot", args.plot)):
+        if path:
+            _say(f"wrote {path} ({what})", err=args.json)
     return EXIT_OK
 
 
