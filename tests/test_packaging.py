@@ -2,7 +2,8 @@
 trajectory standard's documents reachable from Python, its JSON Schemas (real 2020-12 schemas that
 real files' metadata and rows satisfy), and one line naming the extra for a missing optional
 dependency. The wheel is built from a copy of the tree (`python -m build --no-isolation`), and
-installed with `--no-deps` into a fresh venv that sees numpy, numba, pyarrow and tqdm only."""
+installed with `--no-deps` into a fresh venv that sees numpy, numba, pyarrow, tqdm and rich (with
+its markdown-it-py, mdurl and pygments) only."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from sae_core import trajectory as tj
 from sae_core.extras import MissingExtra, available, require
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE_DEPS = ("numpy", "numpy.libs", "numba", "llvmlite", "pyarrow", "tqdm")
+CORE_DEPS = ("numpy", "numpy.libs", "numba", "llvmlite", "pyarrow", "tqdm", "rich", "markdown_it", "mdurl", "pygments")
 EXTRAS = {"torch", "verl", "openrlhf", "examples", "ray", "report", "test"}
 DOCS = {"SPEC.md", f"trajectory-{tj.SPEC_VERSION}.schema.json", f"metadata-{tj.SPEC_VERSION}.schema.json",
         "conformance/README.md"}
@@ -111,7 +112,7 @@ def test_the_wheel_metadata(dists):
     assert EXTRAS <= set(meta.get_all("Provides-Extra"))
     requires = meta.get_all("Requires-Dist")
     core = {re.split(r"[\s;<>=!\[]", r)[0] for r in requires if "extra ==" not in r}
-    assert core == {"numpy", "numba", "pyarrow", "tqdm"}
+    assert core == {"numpy", "numba", "pyarrow", "tqdm", "rich"}
     assert any(r.startswith("matplotlib") and 'extra == "report"' in r for r in requires)
     assert any(r.startswith("ray[data]") and 'extra == "ray"' in r for r in requires)
     assert any(r.startswith("openrlhf") and 'extra == "openrlhf"' in r for r in requires)
@@ -357,7 +358,7 @@ def test_report_and_demo_without_matplotlib(tmp_path):
     assert proc.returncode == 0, proc.stderr
     hint = 'pip install "matplotlib>=3.7" (sae-rl\'s "report" extra)'
     assert proc.stdout.splitlines() == [f"sae report needs matplotlib: {hint}",
-                                        f"sae demo (its report; --no-report skips it) needs matplotlib: {hint}"]
+                                        f"sae demo (its report and plot; --no-report skips them) needs matplotlib: {hint}"]
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "demo").exists()
 
 

@@ -119,10 +119,26 @@ def bias_table(expected: Mapping[str, Any], markdown: bool = True) -> str:
     return render(["estimator"] + settings, rows)
 
 
+SECONDARY = ("cos_batch", "cos_pooled", "bias2_debiased", "pearson_segment", "pearson_segment_exact",
+             "segment_truth_check", "pearson_nonzero", "pearson_pg")
+DETAIL_CELLS = (("absorbing", "exact"), ("absorbing", "learned mc n32"))  # every metric shown for these
+
+
+def metrics_table(summary: Mapping[str, Any], setting: str, critic: str, markdown: bool = True) -> str:
+    """Every estimator's `SECONDARY` metrics (mean ± t half-width) for one setting and critic."""
+    render = _markdown if markdown else _text
+    rows = [[lab] + [_cell(row.get(m)) for m in SECONDARY]
+            for lab, row in summary[setting]["critics"][critic]["metrics"].items()]
+    return render(["estimator"] + list(SECONDARY), rows)
+
+
 def all_tables(doc: Mapping[str, Any], metric: str = MAIN_METRIC, markdown: bool = True) -> dict[str, str]:
     """Every named table of a `study.run` document: `tables` of its summary, "exact-critic bias" and,
     when it ran, "closed loop"."""
     out = tables(doc["summary"], metric, markdown)
+    for setting, critic in DETAIL_CELLS:
+        if critic in doc["summary"].get(setting, {}).get("critics", {}):
+            out[f"metrics: {setting} | {critic}"] = metrics_table(doc["summary"], setting, critic, markdown)
     if doc.get("expected_bias"):
         out["exact-critic bias"] = bias_table(doc["expected_bias"], markdown)
     if doc.get("closed_loop"):

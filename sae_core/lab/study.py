@@ -330,3 +330,39 @@ def summarize_loop(loop: Mapping[str, Any]) -> dict[str, Any]:
     by_seed = {k: {"auc": loop["auc"][k], "final": loop["final"][k]} for k in loop["auc"]}
     return {"metrics": {k: {m: list(stats.interval(v)) for m, v in row.items()} for k, row in by_seed.items()},
             "contrasts": [asdict(c) for c in stats.preregistered(by_seed, ("auc", "final"))]}
+
+
+def _rounded(x: Any, digits: int) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v, digits) for v in x]
+    return x
+
+
+def compact(doc: Mapping[str, Any], seed_metrics: tuple[str, ...] | None = stats.PRIMARY_METRICS,
+            digits: int = 6, summary_digits: int = 4) -> dict[str, Any]:
+    """`run`'s document for a file: the per-seed runs as lists over seeds ("per_seed": {setting:
+    {"profile": {key: [...]}, "critics": {critic: {"fit": {key: [...]}, "metrics": {label: {metric:
+    [...]}}}}}}), with only `seed_metrics` per estimator (None: all), floats to `digits` significant
+    digits and the summary's to `summary_digits` (its tables show at most 4 decimals). The summary
+    keeps every metric's mean and interval, so the tables and contrasts read from it stay complete."""
+    out = {k: v for k, v in doc.items() if k != "runs"}
+    per_seed: dict[str, Any] = {}
+    for name, runs in doc["runs"].items():
+        first = runs[0]
+        per_seed[name] = {"profile": {k: [r["profile"][k] for r in runs] for k in first["profile"]}, "critics": {}}
+        for critic, e in first["critics"].items():
+            labels = list(e["metrics"])
+            names = [m for m in e["metrics"][labels[0]] if seed_metrics is None or m in seed_metrics]
+            per_seed[name]["critics"][critic] = {
+                "fit": {k: [r["critics"][critic]["fit"][k] for r in runs] for k in e["fit"]},
+                "metrics": {lab: {m: _by_seed(runs, critic, lab, m) for m in names} for lab in labels}}
+    out["per_seed"] = per_seed
+    out["seed_metrics"] = "all" if seed_metrics is None else list(seed_metrics)
+    summary = _rounded(out.pop("summary"), summary_digits)
+    out = _rounded(out, digits)
+    out["summary"] = summary
+    return out

@@ -234,7 +234,7 @@ def _demo(args) -> int:
         return EXIT_USAGE
     try:
         text = run(args.out, DemoConfig(seeds=args.seeds, file_tasks=args.tasks, samples=args.samples, seed=args.seed),
-                   report=not args.no_report, overwrite=args.overwrite)
+                   report=not args.no_report, overwrite=args.overwrite, as_json=args.json)
     except FileExistsError as exc:
         _say(f"sae demo: {exc}", err=True)
         return EXIT_USAGE
@@ -277,7 +277,10 @@ def _lab(args) -> int:
     if args.out:
         from ...atomic import write_text_atomic
 
-        write_text_atomic(args.out, json.dumps(doc, indent=1, sort_keys=False) + "\n", overwrite=args.overwrite)
+        if not args.results:  # floats to 6 significant digits; per seed, every metric or only the primary ones
+            doc = study.compact(doc, None if args.seed_metrics == "all" else study.stats.PRIMARY_METRICS)
+        write_text_atomic(args.out, json.dumps(doc, indent=None, separators=(",", ":")) + "\n",
+                          overwrite=args.overwrite)
     if args.json:
         loop = (doc.get("closed_loop") or {}).get("summary")
         print(json.dumps({"summary": doc["summary"], "closed_loop": loop, "expected_bias": doc.get("expected_bias"),

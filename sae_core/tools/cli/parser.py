@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--samples", type=int, default=8, help="responses per prompt (default 8)")
     dem.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     dem.add_argument("--no-report", action="store_true", help="skip the HTML report and the plot")
+    dem.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
 
     lab = sub.add_parser("lab", help="the pre-registered estimator study (docs/lab.md)",
                          description="Every estimator and control on the same rollouts of synthetic RLVR processes "
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--from", dest="results", metavar="RESULTS.json",
                      help="present the results of an earlier `sae lab --out` instead of running the study")
     lab.add_argument("--out", metavar="FILE.json", help="write the results (every seed's numbers) as JSON")
+    lab.add_argument("--seed-metrics", choices=("all", "primary"), default="all",
+                     help="per seed in --out: every metric (default) or only the primary ones (cos_batch, "
+                          "cos_pooled; the summary keeps every metric's mean and interval)")
     lab.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     lab.add_argument("--update-doc", metavar="FILE.md",
                      help="rewrite the tables between <!-- lab:table NAME --> markers in FILE.md (docs/lab.md)")
