@@ -60,7 +60,27 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool 
     return path
 
 
-class AtomicPath:
+class CommitOnExit:
+    """As a context manager: `commit()` when the block ends normally, `discard()` when it raises
+    (shared by `AtomicPath` and the remote target of `trajectory.paths`)."""
+
+    def commit(self):
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class AtomicPath(CommitOnExit):
     """A temporary path (`tmp`) beside `path`, to write to; `commit()` makes it `path`.
 
     Opening refuses an existing `path` unless overwrite=True (FileExistsError), a directory at `path`
@@ -90,15 +110,6 @@ class AtomicPath:
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> AtomicPath:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write `data` to `path` atomically (see the module docstring); returns `path` as a Path.
@@ -119,5 +130,5 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = F
     return target.path
 
 
-__all__ = ["AtomicPath", "TEMPORARY_NAME", "publish", "temporary_owner", "temporary_path", "write_bytes_atomic",
+__all__ = ["AtomicPath", "CommitOnExit", "TEMPORARY_NAME", "publish", "temporary_owner", "temporary_path", "write_bytes_atomic",
            "write_text_atomic"]

@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..atomic import temporary_path
+from ..atomic import CommitOnExit, temporary_path
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")  # two letters at least: "C://" is a drive
 _MAGIC = re.compile(r"[*?\[]")
@@ -299,7 +299,7 @@ def remove(path: str | os.PathLike) -> None:
     fs.delete_file(inner)
 
 
-class RemoteTarget:
+class RemoteTarget(CommitOnExit):
     """`sae_core.atomic.AtomicPath` for a path on a filesystem other than the local one.
 
     Opening refuses an existing `path` unless overwrite=True (FileExistsError) and a directory at
@@ -347,14 +347,6 @@ class RemoteTarget:
         except OSError:  # gone already, or the store refuses: nothing more to do here
             pass
 
-    def __enter__(self) -> RemoteTarget:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> str | os.PathLike:
