@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cosine of each batch policy gradient to the exact one, the paper's per-segment "
                                      "correlation, and the contrasts fixed before the first run (sae_core.lab.stats"
                                      ".CONTRASTS) as paired 95% t-intervals. The full study takes about 25 minutes on "
-                                     "2 cores; --quick about 15 seconds.")
-    lab.add_argument("--quick", action="store_true", help="two settings, five critics, three seeds")
+                                     "2 cores; --quick about 30 seconds.")
+    lab.add_argument("--quick", action="store_true",
+                     help="two short settings, five critics, three seeds, a small closed loop")
     lab.add_argument("--config", metavar="FILE.json", help="a study config (see sae_core.lab.StudyConfig.from_dict)")
     lab.add_argument("--seeds", type=int, default=None, help="override the config's number of seeds")
     lab.add_argument("--from", dest="results", metavar="RESULTS.json",
