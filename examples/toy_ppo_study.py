@@ -20,7 +20,7 @@ The primary measure is the area under the held-out pass-rate curve divided by th
 (toy_ppo.pass_rate_auc: the mean pass rate over training); the final pass rate is secondary.
 The contrasts (CONTRASTS) and the selection rule (SELECTION) are fixed in this file before any
 run: differences paired by seed, mean and 95% t-interval (Student's t quantile for n - 1
-degrees of freedom, computed here: no scipy).
+degrees of freedom: `sae_core.lab.stats`, the estimator lab's statistics).
 
 Output under --out: runs/<variant>-seed<S>-<estimator>-clr<lr>/ (toy_ppo's log.jsonl and a
 result.json written last: a run with result.json is finished and skipped on a rerun),
@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 
 from sae_core import registry
 from sae_core.atomic import write_text_atomic
+from sae_core.lab.stats import interval, t_quantile  # noqa: F401 - t_quantile: part of this runner's API
 
 # toy_ppo.py sits beside this file and examples/ is not a package: load it by path.
 _spec = importlib.util.spec_from_file_location("toy_ppo", Path(__file__).resolve().parent / "toy_ppo.py")
@@ -113,32 +113,6 @@ REDUCED = Study(variants=("short",), seeds=5, critic_lrs=(1e-3,),
 # statistics
 
 
-def t_cdf(x: float, df: int) -> float:
-    """Student's t distribution function at x for df degrees of freedom: 1/2 plus the density's
-    integral from 0 to |x| (composite Simpson, 4000 intervals: error far below 1e-6 for |x| <= 100)."""
-    if df < 1:
-        raise ValueError(f"df must be at least 1; got {df}")
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-    n, a = 4000, abs(x)
-    u = np.linspace(0.0, a, n + 1)
-    f = c * (1 + u * u / df) ** (-(df + 1) / 2)
-    integral = a / n / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
-    return 0.5 + math.copysign(integral, x)
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with df degrees of freedom, 0.5 < p < 1 (bisection on t_cdf)."""
-    if not 0.5 < p < 1:
-        raise ValueError(f"p must be in (0.5, 1); got {p}")
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 def paired_interval(a, b, level: float = 0.95) -> dict:
     """Mean of the paired differences a[i] - b[i] (i a seed) and its t-interval.
 
@@ -148,10 +122,8 @@ def paired_interval(a, b, level: float = 0.95) -> dict:
     d = np.asarray(a, float) - np.asarray(b, float)
     if d.ndim != 1 or len(d) < 2:
         raise ValueError(f"a and b must be paired 1-D sequences of at least 2 values; got shape {d.shape}")
-    half = t_quantile(1 - (1 - level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    mean = float(d.mean())
-    return {"n": len(d), "mean": mean, "half_width": float(half), "low": mean - half, "high": mean + half,
-            "diffs": d.tolist()}
+    mean, half, n = interval(d, level)  # the lab's t-interval (sae_core.lab.stats)
+    return {"n": n, "mean": mean, "half_width": half, "low": mean - half, "high": mean + half, "diffs": d.tolist()}
 
 
 def summarize(study: Study, results: list[dict]) -> dict:
@@ -201,7 +173,7 @@ def summarize(study: Study, results: list[dict]) -> dict:
 
 def paired_half(x) -> float | None:
     """Half-width of the 95% t-interval of the mean of x (None for fewer than 2 values)."""
-    return paired_interval(x, np.zeros(len(x)))["half_width"] if len(x) >= 2 else None
+    return interval(x)[1] if len(x) >= 2 else None
 
 
 # ----------------------------------------------------------------------------------------------

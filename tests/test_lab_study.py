@@ -82,6 +82,10 @@ def test_lab_usage_errors(tmp_path, capsys):
     marker.write_text("<!-- lab:table nosuch -->\n<!-- /lab:table -->\n")
     with pytest.raises(ValueError, match="names no table"):
         present.update_doc(marker.read_text(), {"contrasts": "x"})
+    results = ROOT / "docs" / "lab-results.json"
+    before = marker.read_bytes()
+    assert main(["lab", "--from", str(results), "--update-doc", str(marker)]) == 1
+    assert "'nosuch' names no table" in capsys.readouterr().err and marker.read_bytes() == before
 
 
 def test_docs_tables_are_the_ones_the_results_regenerate():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..registry import PAPER_THRESHOLD
+from .estimators import logprob_boundaries
 from .process import Rollouts, solve
 
 KINDS = ("exact", "blind", "late", "exact_at_decisions", "exact_at_boundaries")
@@ -67,16 +68,9 @@ def exact_at_decisions(rollouts: Rollouts) -> np.ndarray:
     return np.where(rollouts.decision, exact(rollouts), blind(rollouts))
 
 
-def boundary_mask(rollouts: Rollouts, threshold: float) -> np.ndarray:
-    """[N] bool: tokens whose sampled option had probability < `threshold` (SAE's fixed-threshold boundaries)."""
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold: must be in (0, 1], got {threshold!r}")
-    return rollouts.logprobs < np.log(threshold)
-
-
 def exact_at_boundaries(rollouts: Rollouts, threshold: float = PAPER_THRESHOLD) -> np.ndarray:
     """[N] float32: exact at tokens with probability < `threshold` (where SAE bootstraps), blind elsewhere."""
-    return np.where(boundary_mask(rollouts, threshold), exact(rollouts), blind(rollouts))
+    return np.where(logprob_boundaries(rollouts, threshold), exact(rollouts), blind(rollouts))
 
 
 def add_errors(rollouts: Rollouts, values: np.ndarray, rng: np.random.Generator, noise: float = 0.0,

@@ -119,7 +119,10 @@ def entropy(rollouts: Rollouts) -> np.ndarray:
 
 
 def logprob_boundaries(rollouts: Rollouts, threshold: float = MATCH_THRESHOLD) -> np.ndarray:
-    """[N] bool: sae's logprob rule, logprobs[t] < log(threshold), compared as `sae_core` does."""
+    """[N] bool: sae's logprob rule, logprobs[t] < log(threshold), compared as `sae_core` does (in
+    float64); the one boundary rule of the lab (critics, learned critics and the study use it)."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold: must be in (0, 1], got {threshold!r}")
     return rollouts.logprobs.astype(np.float64) < math.log(threshold)
 
 

@@ -50,23 +50,25 @@ def batch(rollouts: Rollouts, advantages: np.ndarray) -> np.ndarray:
     return chosen - (total[:, None] * probs).reshape(-1)
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    # einsum, not BLAS: OpenBLAS's threads make one 100k-long dot product take milliseconds on small machines
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a . b of two [M] float64 vectors without BLAS: with OpenBLAS's threads on a busy 2-core machine a
+    100k-long `a @ b` took 8 ms instead of 20 us (einsum's own loop: 50-90 us either way)."""
     return float(np.einsum("i,i->", a, b))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """The cosine of two flat [D] vectors (NaN when either is zero)."""
-    na, nb = math.sqrt(_dot(a, a)), math.sqrt(_dot(b, b))
-    return _dot(a, b) / (na * nb) if na > 0 and nb > 0 else float("nan")
+    na, nb = math.sqrt(dot(a, a)), math.sqrt(dot(b, b))
+    return dot(a, b) / (na * nb) if na > 0 and nb > 0 else float("nan")
 
 
 def bias_variance(estimates: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Split of the mean squared error of [R, D] repeated batch estimates against the [D] truth,
-    relative to |truth|^2: bias2 = |mean - truth|^2, variance = mean |estimate - mean|^2,
-    mse = bias2 + variance; and pooled_cosine = cosine(mean, truth)."""
+    relative to |truth|^2: bias2 = |mean - truth|^2, variance = mean |estimate - mean|^2 (NaN when
+    R = 1), mse = bias2 + variance; and pooled_cosine = cosine(mean, truth)."""
     mean = estimates.mean(0)
-    norm = _dot(truth, truth)
-    bias2 = float(((mean - truth) ** 2).sum()) / norm
-    variance = float(((estimates - mean) ** 2).sum(1).mean()) / norm
+    norm = dot(truth, truth)
+    err = mean - truth
+    bias2 = dot(err, err) / norm
+    variance = float(((estimates - mean) ** 2).sum(1).mean()) / norm if estimates.shape[0] > 1 else math.nan
     return {"bias2": bias2, "variance": variance, "mse": bias2 + variance, "pooled_cosine": cosine(mean, truth)}

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .critics import blind, boundary_mask
+from .critics import blind
+from .estimators import logprob_boundaries
 from ..registry import PAPER_THRESHOLD
 from .process import Rollouts
 
@@ -302,7 +303,7 @@ def evaluate(fitted: FittedCritic, rollouts: Rollouts, threshold: float = PAPER_
     c = blind(rollouts).astype(np.float64)
     truth = rollouts.true_values
     masks = {"": np.ones(truth.shape[0], bool), "_decisions": rollouts.decision.astype(bool),
-             "_boundaries": boundary_mask(rollouts, threshold)}
+             "_boundaries": logprob_boundaries(rollouts, threshold)}
     out: dict[str, float] = {}
     for suffix, m in masks.items():
         out["rmse" + suffix] = _rmse(v[m], truth[m])

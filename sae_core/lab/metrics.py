@@ -37,6 +37,7 @@ import numpy as np
 
 from ..segments import segment_ids
 from . import gradient
+from .gradient import bias_variance, cosine, dot
 from .estimators import Estimator, advantages, expected_gradient, logprob_boundaries, matched, token_probs
 from .process import Rollouts, continue_from, solve
 
@@ -44,18 +45,6 @@ PRIMARY = ("cos_batch", "cos_pooled")
 METRICS = ("cos_batch", "cos_pooled", "bias2", "variance", "mse", "bias2_debiased", "pearson_segment",
            "pearson_segment_exact", "segment_truth_check", "pearson_nonzero", "pearson_pg")
 NONZERO_TOL = 1e-9
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """a . b of two [M] float64 vectors without BLAS: with OpenBLAS's threads on a busy 2-core machine
-    a 100k-long `a @ b` took 8 ms instead of 20 us (einsum's own loop: 50-90 us either way)."""
-    return float(np.einsum("i,i->", a, b))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """`gradient.cosine` of two flat [D] vectors (NaN when either is zero), without BLAS (see `_dot`)."""
-    na, nb = math.sqrt(_dot(a, a)), math.sqrt(_dot(b, b))
-    return _dot(a, b) / (na * nb) if na > 0 and nb > 0 else math.nan
 
 
 def pearson(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -68,11 +57,11 @@ def pearson(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> 
     total = float(w.sum())
     if a.size < 2 or total <= 0:
         return math.nan
-    da = a - _dot(w, a) / total
-    db = b - _dot(w, b) / total
+    da = a - dot(w, a) / total
+    db = b - dot(w, b) / total
     wa = w * da
-    denom = math.sqrt(_dot(wa, da) * _dot(w * db, db))
-    return _dot(wa, db) / denom if denom > 0 else math.nan
+    denom = math.sqrt(dot(wa, da) * dot(w * db, db))
+    return dot(wa, db) / denom if denom > 0 else math.nan
 
 
 def score_weights(rollouts: Rollouts) -> np.ndarray:
@@ -137,18 +126,6 @@ class SegmentTruth:
             mc_start[mine], mc_end[mine] = v[:mine.size], v[mine.size:]
         self.truth = mc_end - mc_start
         self.check = pearson(self.truth, self.exact)
-
-
-def bias_variance(estimates: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """`gradient.bias_variance` of [R, D] estimates against the [D] truth (the same keys and definitions),
-    without BLAS (see `_dot`); variance and mse are NaN when R = 1."""
-    mean = estimates.mean(0)
-    norm = _dot(truth, truth)
-    err = mean - truth
-    bias2 = _dot(err, err) / norm
-    R = estimates.shape[0]
-    variance = float(((estimates - mean) ** 2).sum(1).mean()) / norm if R > 1 else math.nan
-    return {"bias2": bias2, "variance": variance, "mse": bias2 + variance, "pooled_cosine": cosine(mean, truth)}
 
 
 def _check_batches(batches: Sequence[Rollouts], values: Sequence[np.ndarray]) -> None:
@@ -224,5 +201,5 @@ def expected_bias(rollouts: Rollouts, estimators: Sequence[Estimator]) -> dict[s
             out[est.label] = {"bias2_exact": math.nan, "cos_expected": math.nan}
             continue
         err = g - truth
-        out[est.label] = {"bias2_exact": _dot(err, err) / _dot(truth, truth), "cos_expected": cosine(g, truth)}
+        out[est.label] = {"bias2_exact": dot(err, err) / dot(truth, truth), "cos_expected": cosine(g, truth)}
     return out

@@ -30,7 +30,7 @@ from . import closed_loop
 from . import critics as hand
 from . import gradient, learned, metrics, stats
 from .closed_loop import LoopConfig
-from .estimators import advantages, default_estimators, quick_estimators
+from .estimators import advantages, default_estimators, logprob_boundaries, quick_estimators
 from .process import ProcessConfig, make_tasks, rollout
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)  # boundary rates reported per setting
@@ -40,13 +40,28 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.5)  # boundary rates reported per setting
 class CriticSpec:
     """One critic of the study. kind: a hand-made critic of `critics` ("exact", "blind", "late",
     "exact_at_decisions", "exact_at_boundaries") or "learned"; prompts: "seen" or "unseen" (which
-    evaluation batches it is scored on); params: the kind's options (late: k; exact_at_boundaries:
-    threshold; learned: `learned.LearnedCritic` fields)."""
+    evaluation batches it is scored on); params: the kind's options, `critics.HandCritic` fields for a
+    hand-made kind (late: k; exact_at_boundaries: threshold; noise, drift, shrink), `learned.LearnedCritic`
+    fields for "learned". Checked when made: a bad kind or option is a ValueError naming the critic."""
 
     name: str
     kind: str
     prompts: str = "seen"
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.prompts not in ("seen", "unseen"):
+            raise ValueError(f"critic {self.name!r}: prompts must be 'seen' or 'unseen', got {self.prompts!r}")
+        try:
+            self.make()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"critic {self.name!r}: {exc}") from None
+
+    def make(self, seed: int = 0) -> hand.HandCritic | learned.LearnedCritic:
+        """The critic this spec describes (a learned one unfitted, its fitting seeded by `seed`)."""
+        if self.kind == "learned":
+            return learned.LearnedCritic(**dict(self.params), seed=seed)
+        return hand.HandCritic(self.kind, **dict(self.params))
 
 
 DEFAULT_SETTINGS: tuple[tuple[str, ProcessConfig], ...] = (
@@ -214,25 +229,17 @@ def setting_profile(batch) -> dict[str, float]:
     a = np.abs(batch.true_advantages)
     out = {"reward_rate": float(batch.reward.mean()), "mean_length": float(batch.lengths.mean())}
     for p in THRESHOLDS:
-        out[f"boundary_rate_p{p:g}"] = float((batch.logprobs < math.log(p)).mean())
-    below = batch.logprobs < math.log(0.2)
+        out[f"boundary_rate_p{p:g}"] = float(logprob_boundaries(batch, p).mean())
+    below = logprob_boundaries(batch)
     out["aligned_mass"] = float(a[below].sum() / a.sum()) if a.sum() > 0 else math.nan
     out["zero_advantage_share"] = float((a < 1e-12).mean())
     return out
 
 
-def critic_values(spec: CriticSpec, batch, fitted) -> np.ndarray:
-    """[N] float32 values of `spec`'s critic on one evaluation batch (`fitted`: the learned critic)."""
-    if spec.kind == "learned":
-        return fitted.values(batch)
-    if spec.kind == "late":
-        return hand.late(batch, int(spec.params.get("k", 16)))
-    if spec.kind == "exact_at_boundaries":
-        return hand.exact_at_boundaries(batch, float(spec.params.get("threshold", 0.2)))
-    fn = {"exact": hand.exact, "blind": hand.blind, "exact_at_decisions": hand.exact_at_decisions}.get(spec.kind)
-    if fn is None:
-        raise ValueError(f"critic {spec.name!r}: unknown kind {spec.kind!r}")
-    return fn(batch)
+def critic_values(spec: CriticSpec, batch, fitted, rng: np.random.Generator | None = None) -> np.ndarray:
+    """[N] float32 values of `spec`'s critic on one evaluation batch (`fitted`: the learned critic, fitted;
+    `rng`: draws a hand-made critic's noise or drift)."""
+    return fitted.values(batch) if spec.kind == "learned" else spec.make().values(batch, rng)
 
 
 def run_seed(config: StudyConfig, cfg: ProcessConfig, seed: int, estimators, tasks: int | None = None
@@ -256,10 +263,10 @@ def run_seed(config: StudyConfig, cfg: ProcessConfig, seed: int, estimators, tas
     for spec in config.critics:
         fitted, fit = None, {}
         if spec.kind == "learned":
-            fitted = learned.LearnedCritic(**dict(spec.params), seed=seed).fit(train)
+            fitted = spec.make(seed).fit(train)
             fit = {k: v for k, v in learned.evaluate(fitted, evals[spec.prompts][0]).items() if k.startswith("rmse")}
         batches = evals[spec.prompts]
-        values = [critic_values(spec, b, fitted) for b in batches]
+        values = [critic_values(spec, b, fitted, _rng(seed, 8, i)) for i, b in enumerate(batches)]
         result = metrics.evaluate(batches, values, estimators, _rng(seed, 4), **shared[spec.prompts])
         out["critics"][spec.name] = {"metrics": result, "fit": fit}
     return out

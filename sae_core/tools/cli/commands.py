@@ -245,6 +245,7 @@ def _demo(args) -> int:
 def _lab(args) -> int:
     import dataclasses
 
+    from ...atomic import write_text_atomic
     from ...lab import present, study  # lazily: the lab sits above the tools
 
     try:
@@ -275,8 +276,6 @@ def _lab(args) -> int:
     if not args.results:
         doc = study.run(config, progress=args.progress)
     if args.out:
-        from ...atomic import write_text_atomic
-
         if not args.results:  # floats to 6 significant digits; per seed, every metric or only the primary ones
             doc = study.compact(doc, None if args.seed_metrics == "all" else study.stats.PRIMARY_METRICS)
         write_text_atomic(args.out, json.dumps(doc, indent=None, separators=(",", ":")) + "\n",
@@ -294,9 +293,12 @@ def _lab(args) -> int:
     if args.update_doc:
         with open(args.update_doc, encoding="utf-8") as fh:
             text = fh.read()
-        from ...atomic import write_text_atomic
-
-        write_text_atomic(args.update_doc, present.update_doc(text, present.all_tables(doc)), overwrite=True)
+        try:
+            text = present.update_doc(text, present.all_tables(doc))
+        except ValueError as exc:  # a marker naming no table: the file is left as it was
+            _say(f"sae lab: {args.update_doc}: {exc}", err=True)
+            return EXIT_FAILED
+        write_text_atomic(args.update_doc, text, overwrite=True)
     if args.plot:
         present.plot(doc["summary"], args.plot, overwrite=args.overwrite)
     for what, path in (("results", args.out), ("tables", args.update_doc), ("plot", args.plot)):
