@@ -286,3 +286,25 @@ def test_given_lambdas_on_the_device_match_the_reference(mask_mode):
                                               backend=backend, **kw)
         assert out.advantages.device.type == DEVICE.type
         assert_close(out, ref, np.float32)
+
+
+@pytest.mark.parametrize("mode", ["skip", "zero"])
+def test_sae_with_every_token_a_boundary_scans_as_gae_does(mode):
+    """gamma 0.984375 > 0.98 with lam 0: gae's only factor is 0 (float32); sae at threshold 1 has gamma
+    only after each row's last valid token, where it multiplies 0, so it must scan in the same dtype
+    and equal gae to the bit (hypothesis found it scanning in float64 and differing in the last bit).
+    Right padding: in zero mode a trailing pad takes part but has A = 0."""
+    rng = np.random.default_rng(0)
+    B, T = 6, 40
+    lengths = rng.integers(5, T + 1, B)
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    rewards = rng.normal(size=(B, T)).astype(np.float32) * mask
+    values = rng.normal(size=(B, T)).astype(np.float32) * mask
+    logprobs = -rng.uniform(0.01, 5.0, size=(B, T)).astype(np.float32)
+    kw = dict(gamma=0.984375, lam=0.0, mask_mode=mode, backend="torch")
+    t = {k: torch.from_numpy(v) for k, v in dict(rewards=rewards, values=values, mask=mask, logprobs=logprobs).items()}
+    sae = compute_advantages(t["rewards"], t["values"], t["mask"], estimator="sae", logprobs=t["logprobs"],
+                             threshold=1.0, **kw)
+    gae = compute_advantages(t["rewards"], t["values"], t["mask"], estimator="gae", **kw)
+    assert_array_equal(sae.advantages.numpy(), gae.advantages.numpy())
+    assert_array_equal(sae.returns.numpy(), gae.returns.numpy())

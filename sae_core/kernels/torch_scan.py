@@ -178,7 +178,8 @@ def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.
     scan is 0, 1 or at most F32_MAX_FACTOR, else float64 (see the module's docstring). `scheds`
     supplies vapo's per-row lambdas (none: vapo's factor counts as 0) and sae's boundaries (none
     anywhere: sae's only factor is gamma, so it scans in the dtype mc does and equals it exactly;
-    no scheds: lam's factor counts). Masked tokens in skip mode have f = 1. The caller's own lambdas
+    every valid token a boundary: only gamma * lam counts, as for gae (`_all_boundaries`); no scheds:
+    lam's factor counts). Masked tokens in skip mode have f = 1. The caller's own lambdas
     (GIVEN_LAMBDAS) are not inspected: always float64."""
     if out_dtype == torch.float64 or spec.estimator == GIVEN_LAMBDAS:
         return torch.float64
@@ -190,10 +191,27 @@ def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.
         factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}[spec.estimator]
         if spec.estimator == "sae" and scheds and not any(bool(s.boundaries.any()) for s in scheds):
             factors = [g]
+        elif spec.estimator == "sae" and scheds and all(_all_boundaries(spec, s) for s in scheds):
+            factors = [g * spec.lam]
     if spec.critic_lam is not None:
         factors.append(g * spec.critic_lam)
     ok = all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)
     return torch.float32 if ok else torch.float64
+
+
+def _all_boundaries(spec: EstimatorSpec, sched: Schedule) -> bool:
+    """Whether sae's factor gamma (lambda 1 before a non-boundary) multiplies only zeros: every valid
+    token is a boundary, so gamma is applied only after a row's last valid token (to A = 0 there), and
+    in zero mode no masked token lies before a valid one (an interior gap takes part, with A != 0).
+    Then sae scans in the dtype gae does and equals it exactly (the "every token a boundary" case)."""
+    if bool((sched.valid & ~sched.boundaries).any()):
+        return False
+    if spec.mask_mode != "zero" or bool(sched.valid.all()):
+        return True
+    index = torch.arange(sched.valid.shape[0], device=sched.valid.device)
+    last = torch.full((sched.rows.starts.shape[0],), -1, dtype=torch.int64, device=sched.valid.device)
+    last = last.scatter_reduce(0, sched.row_of[sched.valid], index[sched.valid], reduce="amax")
+    return not bool((~sched.valid & (index < last[sched.row_of])).any())
 
 
 def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, out_dtype=torch.float64, out=None,
