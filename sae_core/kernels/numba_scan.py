@@ -14,7 +14,8 @@ for GIVEN_LAMBDAS), and with X_t = gamma * (V_t + c_t * A_t):
 A skip-mode masked position is the identity (e = 0, f = 1) and outputs 0; a zero-mode one has
 r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
 
-1. prepare (vectorised): read the inputs once, write the boundaries and e_t, f_t into small buffers;
+1. prepare (vectorised): read the inputs and the mask once, write the boundaries and e_t, f_t into
+   small buffers, and say whether the chunk is right-padded;
 2. scan (serial): the only loop-carried chain, run for `LANES` rows in lockstep so their
    independent multiply-adds fill the pipeline (one row alone waits on each step);
 3. emit (vectorised): A_t and R_t from the inputs (still in cache) and the scanned state.
@@ -22,12 +23,12 @@ r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
 Checks cost nothing on the hot path: a non-finite input on a valid token turns the scan state NaN,
 and NaN survives every later step (NaN * 0 is NaN), so one test of the final state per row finds
 every bad row; only those rows are searched for the first bad token. Masks are read in place, in
-any dtype, as unsigned integers of their width (`mask_bits`), and checked for 0/1 by the same read
-that finds a chunk's valid tokens: a bad entry marks its row's final state, as a non-finite input does.
+any dtype, as unsigned integers of their width (`mask_bits`), by pass 1 only, which also checks
+them for 0/1: a bad entry marks its row's final state, as a non-finite input does.
 
 Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
-lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) takes
-passes without any mask logic over its valid part; in skip mode its padding is identity steps.
+lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) is
+emitted without reading the mask again: the valid part densely, then zeros.
 Why the kernel is shaped this way (and what it costs) is in docs/performance.md.
 """
 
@@ -43,6 +44,7 @@ from .numba_compile import jit
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
 CHUNK = 4096  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
+ROW = CHUNK + 8  # scan buffer row stride in float64: CHUNK plus one cache line (see _block)
 STAGGER = 64  # tokens between the lanes' chunk starts (256 bytes of float32): see _block
 
 _P_MASK = PROBLEM_COLUMNS.index("response_mask")
@@ -53,55 +55,38 @@ _P_OVERFLOW = PROBLEM_COLUMNS.index("overflow")
 _NO_CUTS = np.empty(0, dtype=np.float64)
 
 
-@jit()
-def _valid_prefix(mask, keep, one):  # pragma: no cover - compiled
-    """For one chunk of a mask in bits (`mask_bits`): k when it is k valid tokens followed by masked
-    ones only (right padding), -1 when it has gaps, -2 when an entry is neither 0 nor 1."""
-    n = mask.shape[0]
-    if n == 0:
-        return 0
-    rises = 0
-    bad = 0
-    for q in range(n - 1):
-        m = mask[q]
-        on = (m & keep) != 0
-        rises |= ((mask[q + 1] & keep) != 0) > on  # a masked token followed by a valid one
-        bad |= on & (m != one)
-    m = mask[n - 1]
-    bad |= ((m & keep) != 0) & (m != one)
-    if bad:
-        return -2
-    if rises:
-        return -1
-    lo, hi = 0, n  # non-increasing: binary search for the first masked token
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if mask[mid] & keep:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 # Optional inputs are passed as None or an array, and flags as None or True: numba compiles one
 # variant per combination of types and prunes the `is None` branches at compile time. As runtime
 # booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3.
 
 
 @jit()
-def _prepare(rewards, values, mask, keep, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
+def _prepare(rewards, values, mask, keep, one, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
              bnd, e, f, e2, f2):  # pragma: no cover - compiled
-    """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t.
+    """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t,
+    and what the mask is like.
 
-    mask None: every token valid. score / given: where boundaries come from (both None: no
-    segments, and bnd, all False already, is not written). factors: c_t per token (the caller's
-    lambdas, from `_lambda_factors`), or None: c_t from lam and the boundaries. critic_f None: no
-    decoupled critic (e2, f2 unused). zero None: skip mode.
+    mask None: every token valid; else a mask in bits (`mask_bits`), read here and nowhere else on
+    right-padded data. score / given: where boundaries come from (both None: no segments, and bnd,
+    all False already, is not written). factors: c_t per token (the caller's lambdas, from
+    `_lambda_factors`), or None: c_t from lam and the boundaries. critic_f None: no decoupled critic
+    (e2, f2 unused). zero None: skip mode.
+
+    Returns k when the chunk is k valid tokens followed by masked ones only (right padding; w
+    without a mask), -1 when it has gaps, -2 when a mask entry is neither 0 nor 1.
     """
-    for q in range(rewards.shape[0]):
+    n = rewards.shape[0]
+    count = 0  # valid tokens
+    last = 0  # one past the last valid token: equal to count exactly when the mask is non-increasing
+    bad = 0
+    for q in range(n):
         valid = True
         if mask is not None:
-            valid = (mask[q] & keep) != 0
+            m = mask[q]
+            valid = (m & keep) != 0
+            count += valid
+            last = max(last, (q + 1) * valid)
+            bad |= valid & (m != one)
         # load unconditionally, then select: a load inside a branch stops vectorisation
         r = np.float64(rewards[q])
         v = np.float64(values[q])
@@ -133,6 +118,11 @@ def _prepare(rewards, values, mask, keep, score, score_sign, cut, given, factors
             fc = critic_f if takes_part else 1.0
             f2[q] = fc
             e2[q] = gamma * v0 + fc * u
+    if mask is None:
+        return n
+    if bad:
+        return -2
+    return count if last == count else -1
 
 
 @jit()
@@ -187,16 +177,19 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
     apart is enough; a wider stagger costs scan steps (a quarter chunk of stagger cost 10-20%).
     """
     n = lanes.shape[0]
-    e = np.zeros((LANES, CHUNK))
-    f = np.ones((LANES, CHUNK))
-    s = np.empty((LANES, CHUNK))
+    # one buffer, rows ROW apart: rows CHUNK apart (a power of two) would all map to the same L1 cache
+    # set and evict each other on every step of the scan (3x slower)
+    buf = np.empty((6 * LANES if critic_f is not None else 3 * LANES, ROW))
+    e = buf[:LANES]
+    f = buf[LANES:2 * LANES]
+    s = buf[2 * LANES:3 * LANES]
     e2 = e
     f2 = f
     sc = s
     if critic_f is not None:
-        e2 = np.zeros((LANES, CHUNK))
-        f2 = np.ones((LANES, CHUNK))
-        sc = np.empty((LANES, CHUNK))
+        e2 = buf[3 * LANES:4 * LANES]
+        f2 = buf[4 * LANES:5 * LANES]
+        sc = buf[5 * LANES:]
     # per lane and chunk: buffer position of the first real token, the flat index of that token, the
     # number of real tokens, and how many of them lead densely (valid; the rest is skip-mode
     # padding), or -1 for a chunk that needs the mask logic
@@ -226,19 +219,9 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
                 lo[j] = starts[i] + row_lo
             w = width[j]
             b0 = at[j] if w > 0 else CHUNK
-            k = w
-            if w > 0 and mask is not None:
-                k = _valid_prefix(mask[lo[j]:lo[j] + w], keep, one)
-                if k == -2:  # the row is reported (`_diagnose`); scan the chunk on the masked path meanwhile
-                    broken[j] = True
-                    k = -1
-                if k < w and zero is not None:
-                    k = -1  # zero mode: padding takes part as r = V = 0 steps
-            dense[j] = k
+            b1 = b0 + w
             first = min(first, b0)
-            # identity steps (the state passes through unchanged) around the real tokens and, for a
-            # right-padded chunk in skip mode, over its padding
-            b1 = b0 + k if k >= 0 else b0 + w
+            # identity steps (the state passes through unchanged) around the chunk's real tokens
             e[j, :b0] = 0.0
             f[j, :b0] = 1.0
             e[j, b1:] = 0.0
@@ -252,18 +235,19 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
                 continue
             i = lanes[j]
             t0 = lo[j]
-            t1 = t0 + (k if k >= 0 else w)
+            t1 = t0 + w
             cut = cuts[i] if score is not None else 0.0
-            if k >= 0:
-                _prepare(rewards[t0:t1], values[t0:t1], None, keep, score[t0:t1] if score is not None else None,
-                         score_sign, cut, given[t0:t1] if given is not None else None,
-                         factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
-                         critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
-            elif mask is not None:  # always true here; the test lets numba compile this call only with a mask
-                _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1], keep, score[t0:t1] if score is not None else None,
-                         score_sign, cut, given[t0:t1] if given is not None else None,
-                         factors[t0:t1] if factors is not None else None, lam_rows[i], gamma,
-                         critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1], f2[j, b0:b1])
+            k = _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1] if mask is not None else None, keep, one,
+                         score[t0:t1] if score is not None else None, score_sign, cut,
+                         given[t0:t1] if given is not None else None, factors[t0:t1] if factors is not None else None,
+                         lam_rows[i], gamma, critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1],
+                         f2[j, b0:b1])
+            if k == -2:  # the row is reported (`_diagnose`); emit the chunk on the masked path meanwhile
+                broken[j] = True
+                k = -1
+            if k < w and zero is not None:
+                k = -1  # zero mode: padding outputs the arriving state, on the masked path
+            dense[j] = k
         a0, a1, a2, a3 = _scan_lanes(e, f, s, first, a0, a1, a2, a3)
         if critic_f is not None:
             c0, c1, c2, c3 = _scan_lanes(e2, f2, sc, first, c0, c1, c2, c3)
@@ -277,11 +261,9 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             t1 = t0 + (k if k >= 0 else w)
             b1 = b0 + (t1 - t0)
             lane_s2 = sc[j, b0:b1] if critic_f is not None else None
-            if k >= 0:
+            if k >= 0:  # right padding in skip mode: outputs 0 there (_prepare wrote its boundaries False)
                 adv[t1:t0 + w] = 0.0
                 ret[t1:t0 + w] = 0.0
-                if score is not None or given is not None:
-                    bnd[t1:t0 + w] = False
                 _emit(rewards[t0:t1], values[t0:t1], None, keep, s[j, b0:b1], lane_s2, zero, adv[t0:t1], ret[t0:t1])
             elif mask is not None:
                 _emit(rewards[t0:t1], values[t0:t1], mask[t0:t1], keep, s[j, b0:b1], lane_s2, zero,
