@@ -223,7 +223,7 @@ def cpu(args) -> None:
               f"{med['floor'] / n * 1e9:>15.2f} {med['sae'] / med['floor']:>8.2f}")
     print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds; "
           "x floor = time / floor time; loop/x = the loop's time / time.")
-    print("numba float16: the API reads half-precision masks as float32 (a conversion pass in sae_core.arrays).")
+    print("numba veRL bf16: the API reads bfloat16 log-probs as float32 (a conversion pass in sae_core.arrays).")
     print("\ntargets:")
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
@@ -242,7 +242,7 @@ def cuda(args) -> None:
     big = torch.empty(1 << 28, dtype=torch.float32, device=device)  # 1 GiB
     copy_s = interleaved({"copy": lambda: big.clone()}, 10, sync)["copy"]
     copy_gbs = 2 * big.numel() * 4 / copy_s / 1e9
-    del big
+    big = None  # free the GiB before the candidates
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s (bytes read + written)")
     loop_name, loop = the_loop()
     backends = ["torch"] + (["triton"] if triton_scan.available(device) else [])

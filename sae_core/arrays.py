@@ -101,10 +101,13 @@ def kind(x: Any) -> str:
     return x.dtype.kind
 
 
-def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None) -> np.ndarray:
+def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None,
+             keep_float16: bool = False) -> np.ndarray:
     """A numpy view of `x` (a copy only where unavoidable: another device, half precision, a cast).
 
-    `form` checks that a tensor sits on the caller's device; `dtype` casts when given.
+    `form` checks that a tensor sits on the caller's device; `dtype` casts when given. Half
+    precision becomes float32, except float16 with `keep_float16` (a mask, which the kernels read
+    as bits); bfloat16, which numpy lacks, always does.
     """
     if is_tensor(x):
         import torch
@@ -112,12 +115,12 @@ def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = Non
         if form is not None and form.torch and x.device != form.device:
             raise ValueError(f"{name} is on {x.device} but rewards is on {form.device}; put them on one device")
         x = x.detach()
-        if x.dtype in (torch.bfloat16, torch.float16):
+        if x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and not keep_float16):
             x = x.float()
         x = x.cpu().numpy()
     else:
         x = np.asarray(x)
-        if x.dtype == np.float16:  # as for tensors: half precision is read as float32
+        if x.dtype == np.float16 and not keep_float16:  # as for tensors: half precision is read as float32
             x = x.astype(np.float32)
     if dtype is not None and x.dtype != dtype:
         x = x.astype(dtype)

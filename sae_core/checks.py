@@ -18,9 +18,19 @@ from .types import PROBLEM_COLUMNS, Advantages, EstimatorSpec, Rows
 
 def token_array(name: str, x: Any, form: ResultForm, shape: tuple | None, tensors: bool) -> Any:
     """`x` as numpy (or, for the torch backends, a tensor on the caller's device), checked against
-    the shape of rewards and given the dtype the kernels read."""
+    the shape of rewards and given the dtype the kernels read.
+
+    The CPU backends read float32 and float64 rewards and values as they are (float64 rewards with
+    float32 values cost no conversion pass), and a float16 mask as its bits; the torch backends
+    get rewards and values in the result's dtype.
+    """
     cast = form.compute_dtype if name in ("rewards", "values") else None
-    arr = as_tensor(x, name, form, dtype=cast) if tensors else as_numpy(x, name, form, dtype=cast)
+    if tensors:
+        arr = as_tensor(x, name, form, dtype=cast)
+    else:
+        arr = as_numpy(x, name, form, keep_float16=name == "response_mask")
+        if cast is not None and arr.dtype not in (np.float32, np.float64):  # ints, bools
+            arr = arr.astype(cast)
     if shape is not None and tuple(arr.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(arr.shape)} but rewards has shape {shape}")
     k = kind(arr)
@@ -98,7 +108,7 @@ def rows(cols: dict[str, Any], starts: np.ndarray, lengths: np.ndarray) -> Rows:
 
 def check_half_precision(out: Advantages, form: ResultForm) -> None:
     """float16 results can overflow where the float64 scan did not (beyond 65504): say so."""
-    if str(form.out_dtype) not in ("float16", "torch.float16"):
+    if not (repr(form.out_dtype) == "torch.float16" if form.torch else form.out_dtype == np.float16):
         return
     for name, x in (("advantages", out.advantages), ("returns", out.returns)):
         finite = x.isfinite() if is_tensor(x) else np.isfinite(x)

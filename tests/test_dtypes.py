@@ -173,3 +173,25 @@ def test_bfloat16_logprobs_from_torch():
     out = compute_advantages(tr, tv, torch.from_numpy(mask).long(), estimator="sae", logprobs=tl, backend="numba")
     assert out.advantages.dtype == torch.float32
     same(type(ref)(*(x.numpy() for x in out)), ref, np.float32)
+
+
+def test_the_numba_kernel_gets_the_callers_arrays_not_copies(monkeypatch):
+    """float64 rewards with float32 values and log-probs, and a float16 mask, reach the kernel as
+    views of the caller's memory in their own dtypes: no conversion pass before the scan."""
+    r, v, mask, lp = batch(7)
+    r64, v32, lp32, m16 = r.astype(np.float64), v.astype(np.float32), lp.astype(np.float32), mask.astype(np.float16)
+    seen = {}
+    real = numba_scan.run
+
+    def spy(spec, rows, compute_dtype):
+        seen.update(rewards=rows.rewards, values=rows.values, mask=rows.mask, logprobs=rows.logprobs)
+        return real(spec, rows, compute_dtype)
+
+    monkeypatch.setattr(numba_scan, "run", spy)
+    out = compute_advantages(r64, v32, m16, estimator="sae", logprobs=lp32, backend="numba")
+    for name, given in (("rewards", r64), ("values", v32), ("mask", m16), ("logprobs", lp32)):
+        assert seen[name].dtype == given.dtype, name
+        assert np.shares_memory(seen[name], given), name
+    ref = compute_advantages(r64, v32.astype(np.float64), mask, estimator="sae", logprobs=lp32.astype(np.float64),
+                             backend="reference")
+    same(out, ref, np.float64)
