@@ -13,7 +13,9 @@ CPU (default), on right-padded responses, 90-100% of T long:
    with a mask of every dtype frameworks pass, and the framework layouts: veRL (int64
    response_mask, float32 values, bfloat16 or float32 log-probs, torch tensors) and OpenRLHF (zero
    mode, bool action_mask, torch tensors); on the numba backend and on the torch backend (CPU
-   tensors; lam 0.99 makes it scan in float64: "torch f64");
+   tensors; lam 0.99 makes it scan in float64: "torch f64"); then the floor and numba SAE again
+   with cold caches (each call after reading a buffer twice the last-level cache: at [32, 32768]
+   the floor's 24 MB fits a 32 MB L3, so the interleaved floor runs at cache speed there);
 3. scaling: numba SAE (int64 mask) and the floor from [64, 1024] to [16, 131072], ns per token.
 
 Candidates are timed in interleaved rounds (one call each per round) and the median is reported, so
@@ -88,11 +90,14 @@ def loop_gae(rewards, values, mask, gamma: float, lam: float):
         return out, out + values
 
 
-def interleaved(candidates: dict, rounds: int, sync=None) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed in `rounds` interleaved rounds."""
+def interleaved(candidates: dict, rounds: int, sync=None, before=None) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in `rounds` interleaved rounds; `before`
+    (untimed) runs before each call."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
+            if before:
+                before()
             if sync:
                 sync()
             t0 = time.perf_counter()
@@ -173,6 +178,26 @@ def cpu_candidates(B: int, T: int):
     return numba, slow, (tr, tv, tm64)
 
 
+class Evict:
+    """Reads a buffer twice the size of the last-level cache (64 MiB, or 2x what sysfs reports), so
+    the next call finds none of its data cached: inputs that a framework's previous step wrote
+    long ago, rather than the previous benchmark round's. A read leaves clean lines, so the timed
+    call pays no write-back of the buffer."""
+
+    def __init__(self) -> None:
+        size = 32 << 20
+        try:
+            with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+                text = f.read().strip().upper()
+            size = int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1], 0)
+        except (OSError, ValueError):
+            pass
+        self.buf = np.ones(2 * size // 8, dtype=np.float64)  # written once: real pages, not the zero page
+
+    def __call__(self) -> None:
+        self.buf.sum()
+
+
 def timed(candidates: dict, rounds: int) -> dict[str, float]:
     for fn in candidates.values():  # warm-up: compilation and first-touch page faults
         fn()
@@ -191,6 +216,7 @@ def cpu(args) -> None:
         print(f"\nfirst call in a fresh process (import included)\n{'case':>40} {'compiles':>11} {'loads':>11}")
         print("\n".join(first_calls()))
     loop_name, loop = the_loop()
+    evict = Evict()
     for B, T in CPU_SHAPES:
         numba_c, torch_c, (tr, tv, tm64) = cpu_candidates(B, T)
         med = timed(numba_c, args.rounds)  # numba first, before any torch op (see the docstring)
@@ -206,6 +232,10 @@ def cpu(args) -> None:
             sec = med[f"numba {dt}"]
             checks.append((f"[{B}, {T}] numba SAE, {dt} mask: {sec / floor:.2f}x floor (<= 2.0), "
                            f"{loop_s / sec:.0f}x loop (>= 150)", sec / floor <= 2.0 and loop_s / sec >= 150))
+        cold = interleaved({k: numba_c[k] for k in ["floor"] + [f"numba {dt}" for dt in MUST]},
+                           max(5, args.rounds // 2), before=evict)
+        print(f"{'cold caches:':>18} " + ", ".join(f"{k} {cold[k] / cold['floor']:.2f}x floor" for k in cold
+                                                   if k != "floor") + f" (floor {cold['floor'] * 1e3:.2f} ms)")
         if (B, T) == CPU_SHAPES[0]:
             worst = max(med[k] for k in med if k.startswith("torch ") and "f64" not in k)
             checks.append((f"[{B}, {T}] torch SAE, slowest float32-scan layout: {loop_s / worst:.0f}x loop (>= 30)",
@@ -222,7 +252,8 @@ def cpu(args) -> None:
         print(f"{f'[{B}, {T}]':>16} {n:>9} {med['sae'] * 1e3:>8.2f} {med['sae'] / n * 1e9:>9.2f} "
               f"{med['floor'] / n * 1e9:>15.2f} {med['sae'] / med['floor']:>8.2f}")
     print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds; "
-          "x floor = time / floor time; loop/x = the loop's time / time.")
+          "x floor = time / floor time; loop/x = the loop's time / time. cold caches: the same candidates, "
+          "each call after reading a buffer twice the last-level cache (not part of the targets).")
     print("numba veRL bf16: the API reads bfloat16 log-probs as float32 (a conversion pass in sae_core.arrays).")
     print("\ntargets:")
     for text, ok in checks:
