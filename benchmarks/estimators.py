@@ -254,7 +254,6 @@ def cpu(args) -> None:
     print("\nfloor: numpy copying three float32 [B, T] arrays; times are medians of interleaved rounds; "
           "x floor = time / floor time; loop/x = the loop's time / time. cold caches: the same candidates, "
           "each call after reading a buffer twice the last-level cache (not part of the targets).")
-    print("numba veRL bf16: the API reads bfloat16 log-probs as float32 (a conversion pass in sae_core.arrays).")
     print("\ntargets:")
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")

@@ -236,8 +236,9 @@ def _compute(spec: EstimatorSpec, data: dict, layout: Callable, rewards, values,
     r = checks.token_array("rewards", rewards, form, None, tensors)
     starts, lengths = layout(r)
     shape = tuple(r.shape)
-    columns = {"rewards": flat(r),
-               **checks.columns({"values": values, "response_mask": response_mask, **data}, form, shape, tensors)}
+    half_bits = getattr(kernel, "reads_half_bits", False)
+    columns = {"rewards": flat(r), **checks.columns({"values": values, "response_mask": response_mask, **data},
+                                                    form, shape, tensors, half_bits)}
     rows = checks.rows(columns, starts, lengths)
     if check is not None:
         check(rows)

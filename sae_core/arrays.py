@@ -86,8 +86,21 @@ def torch_dtype(dtype: Any):
             np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[np.dtype(dtype)]
 
 
+# bfloat16 data as numpy carries it for the numba backend: the tensor's bits, marked by this dtype
+# (numpy has no bfloat16; `as_numpy(keep_half=True)`); `number` reads one entry back as a float
+BFLOAT16_BITS = np.dtype([("bfloat16", "<i2")])
+
+
+def number(x: Any, i: int) -> Any:
+    """Entry i of a flat numpy array or tensor as a Python number (bfloat16 bits decoded)."""
+    if isinstance(x, np.ndarray) and x.dtype == BFLOAT16_BITS:
+        return float(np.array([int(x.view(np.int16)[i]) << 16], dtype=np.int32).view(np.float32)[0])
+    return x[i].item()
+
+
 def kind(x: Any) -> str:
-    """numpy's dtype kind letter ('b', 'i', 'u', 'f', 'c', ...) for an array or a tensor."""
+    """numpy's dtype kind letter ('b', 'i', 'u', 'f', 'c', ...) for an array or a tensor
+    ('f' for bfloat16 bits, `BFLOAT16_BITS`)."""
     if is_tensor(x):
         import torch
 
@@ -98,23 +111,27 @@ def kind(x: Any) -> str:
         if x.dtype.is_floating_point:
             return "f"
         return "u" if x.dtype == torch.uint8 else "i"
-    return x.dtype.kind
+    return "f" if x.dtype == BFLOAT16_BITS else x.dtype.kind
 
 
-def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None,
-             keep_float16: bool = False) -> np.ndarray:
+def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None, keep_float16: bool = False,
+             keep_half: bool = False) -> np.ndarray:
     """A numpy view of `x` (a copy only where unavoidable: another device, half precision, a cast).
 
     `form` checks that a tensor sits on the caller's device; `dtype` casts when given. Half
-    precision becomes float32, except float16 with `keep_float16` (a mask, which the kernels read
-    as bits); bfloat16, which numpy lacks, always does.
+    precision becomes float32, except float16 with `keep_float16` (a mask, which the numba kernels
+    read as bits) and float16 and bfloat16 with `keep_half` (data the numba kernels decode):
+    bfloat16 tensors then come as their bits in `BFLOAT16_BITS`.
     """
+    keep_float16 = keep_float16 or keep_half
     if is_tensor(x):
         import torch
 
         if form is not None and form.torch and x.device != form.device:
             raise ValueError(f"{name} is on {x.device} but rewards is on {form.device}; put them on one device")
         x = x.detach()
+        if x.dtype == torch.bfloat16 and keep_half:
+            return x.cpu().view(torch.int16).numpy().view(BFLOAT16_BITS)
         if x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and not keep_float16):
             x = x.float()
         x = x.cpu().numpy()

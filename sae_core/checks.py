@@ -11,24 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import ResultForm, as_numpy, as_tensor, astype, flat, is_tensor, kind
+from .arrays import ResultForm, as_numpy, as_tensor, astype, flat, is_tensor, kind, number
 from .registry import DATA, score_data
 from .types import PROBLEM_COLUMNS, Advantages, EstimatorSpec, Rows
 
 
-def token_array(name: str, x: Any, form: ResultForm, shape: tuple | None, tensors: bool) -> Any:
+def token_array(name: str, x: Any, form: ResultForm, shape: tuple | None, tensors: bool,
+                half_bits: bool = False) -> Any:
     """`x` as numpy (or, for the torch backends, a tensor on the caller's device), checked against
     the shape of rewards and given the dtype the kernels read.
 
     The CPU backends read float32 and float64 rewards and values as they are (float64 rewards with
-    float32 values cost no conversion pass), and a float16 mask as its bits; the torch backends
-    get rewards and values in the result's dtype.
+    float32 values cost no conversion pass), and a float16 mask as its bits; with `half_bits` (a
+    backend that decodes half precision itself: numba), float16 and bfloat16 log-probs or entropy
+    come as they are (bfloat16 as `arrays.BFLOAT16_BITS`). The torch backends get rewards and
+    values in the result's dtype.
     """
     cast = form.compute_dtype if name in ("rewards", "values") else None
     if tensors:
         arr = as_tensor(x, name, form, dtype=cast)
     else:
-        arr = as_numpy(x, name, form, keep_float16=name == "response_mask")
+        score = half_bits and name in DATA and DATA[name].kind == "float"
+        arr = as_numpy(x, name, form, keep_float16=name == "response_mask", keep_half=score)
         if cast is not None and arr.dtype not in (np.float32, np.float64):  # ints, bools
             arr = arr.astype(cast)
     if shape is not None and tuple(arr.shape) != shape:
@@ -80,11 +84,13 @@ def check_offsets(offsets: Any, n: int) -> np.ndarray:
     return offs
 
 
-def columns(arrays: dict[str, Any], form: ResultForm, shape: tuple, tensors: bool) -> dict[str, Any]:
+def columns(arrays: dict[str, Any], form: ResultForm, shape: tuple, tensors: bool,
+            half_bits: bool = False) -> dict[str, Any]:
     """Each given ([B, T] or [N]) per-token array, by name, as a checked, contiguous, flat [N] column."""
     """Each given per-token array as a checked, contiguous, flat column (a view where possible):
     numpy for the CPU backends, tensors on the caller's device for the torch backends."""
-    return {name: flat(token_array(name, x, form, shape, tensors)) for name, x in arrays.items() if x is not None}
+    return {name: flat(token_array(name, x, form, shape, tensors, half_bits))
+            for name, x in arrays.items() if x is not None}
 
 
 def rows(cols: dict[str, Any], starts: np.ndarray, lengths: np.ndarray) -> Rows:
@@ -130,7 +136,7 @@ def raise_for_problems(problems: np.ndarray, spec: EstimatorSpec, rows: Rows) ->
         t = int(problems[i, col])
         more = f"; {bad_rows.size - 1} more row(s) have one too" if bad_rows.size > 1 else ""
         if name == "response_mask":
-            value = rows.mask[rows.starts[i] + t].item()
+            value = number(rows.mask, rows.starts[i] + t)
             raise ValueError(f"response_mask must hold only 0 and 1; row {i}, token {t} holds {value}{more}")
         if name == "overflow":
             raise ValueError(
@@ -142,7 +148,7 @@ def raise_for_problems(problems: np.ndarray, spec: EstimatorSpec, rows: Rows) ->
             arr = rows.score
         else:
             arr = getattr(rows, name)
-        value = arr[rows.starts[i] + t].item()
+        value = number(arr, rows.starts[i] + t)
         raise ValueError(
             f"{name} has a non-finite value ({value}) at row {i}, token {t}, a valid token "
             f"(response_mask is 1 there){more}"

@@ -7,6 +7,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from helpers import tolerance
 from sae_core import compute_advantages
+from sae_core.arrays import BFLOAT16_BITS
 from sae_core.kernels import numba_scan
 
 MASK_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
@@ -162,17 +163,41 @@ def test_mixed_float_dtypes(r_dtype, v_dtype, lp_dtype):
     same(out, ref, expected)
 
 
-def test_bfloat16_logprobs_from_torch():
-    """veRL's layout: int64 mask, float32 values and rewards, bfloat16 log-probs."""
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_half_precision_logprobs_from_torch(half, monkeypatch):
+    """veRL's layout: int64 mask, float32 values and rewards, bfloat16 (or float16) log-probs. They
+    reach the kernel as the tensor's own bits (no float32 copy), and decode to the same numbers."""
     torch = pytest.importorskip("torch")
     r, v, mask, lp = batch(6)
     tr, tv = torch.from_numpy(r).float(), torch.from_numpy(v).float()
-    tl = torch.from_numpy(lp).to(torch.bfloat16)
+    tl = torch.from_numpy(lp).to(getattr(torch, half))
+    seen = {}
+    real = numba_scan.run
+
+    def spy(spec, rows, compute_dtype):
+        seen["logprobs"] = rows.logprobs
+        return real(spec, rows, compute_dtype)
+
+    spy.reads_half_bits = getattr(real, "reads_half_bits", False)  # what the API asks the backend
+    monkeypatch.setattr(numba_scan, "run", spy)
     ref = compute_advantages(tr.double().numpy(), tv.double().numpy(), mask, estimator="sae",
                              logprobs=tl.double().numpy(), backend="reference")
     out = compute_advantages(tr, tv, torch.from_numpy(mask).long(), estimator="sae", logprobs=tl, backend="numba")
     assert out.advantages.dtype == torch.float32
     same(type(ref)(*(x.numpy() for x in out)), ref, np.float32)
+    assert seen["logprobs"].dtype == (BFLOAT16_BITS if half == "bfloat16" else np.float16)
+    assert np.shares_memory(seen["logprobs"], tl.view(torch.int16).numpy())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_a_bad_bfloat16_logprob_is_named_with_its_value(bad):
+    torch = pytest.importorskip("torch")
+    r, v, mask, lp = batch(6)
+    tl = torch.from_numpy(lp).to(torch.bfloat16)
+    tl[0, 1234] = bad
+    with pytest.raises(ValueError, match=rf"logprobs has a non-finite value \({bad}\) at row 0, token 1234"):
+        compute_advantages(torch.from_numpy(r).float(), torch.from_numpy(v).float(), torch.from_numpy(mask).long(),
+                           estimator="sae", logprobs=tl, backend="numba")
 
 
 def test_the_numba_kernel_gets_the_callers_arrays_not_copies(monkeypatch):

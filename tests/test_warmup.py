@@ -46,6 +46,22 @@ def test_warmup_compiles_what_the_api_then_runs(kw, call):
     assert kernel_signatures() == before
 
 
+def test_warmup_for_bfloat16_logprobs_compiles_what_verl_then_runs():
+    """veRL may pass bfloat16 log-probs: they are read as bits by a kernel of their own."""
+    torch = pytest.importorskip("torch")
+    warmup("sae", dtype="float32", mask_dtype="int64", data_dtype=torch.bfloat16)
+    before = kernel_signatures()
+    rng = np.random.default_rng(1)
+    r, v = (torch.from_numpy(rng.normal(size=(3, 20)).astype(np.float32)) for _ in range(2))
+    lp = torch.from_numpy(-rng.exponential(size=(3, 20))).to(torch.bfloat16)
+    mask = torch.ones(3, 20, dtype=torch.int64)
+    compute_advantages(r, v, mask, estimator="sae", logprobs=lp, backend="numba")
+    lp[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="logprobs has a non-finite value"):
+        compute_advantages(r, v, mask, estimator="sae", logprobs=lp, backend="numba")
+    assert kernel_signatures() == before
+
+
 def test_warmup_takes_torch_dtypes_and_half_precision():
     torch = pytest.importorskip("torch")
     warmup("sae", dtype=torch.float64, mask_dtype=torch.int16, data_dtype=torch.float64)

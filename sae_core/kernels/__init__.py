@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry
-from ..arrays import ResultForm
+from ..arrays import BFLOAT16_BITS, ResultForm
 from ..registry import BACKENDS
 from ..types import GIVEN_LAMBDAS, EstimatorSpec, Rows
 
@@ -97,9 +97,10 @@ def warmup(estimator: str = "sae", *, dtype: Any = "float32", mask_dtype: Any = 
             kernels run. The option values themselves do not matter, only which rule.
         dtype: the dtype of rewards and values ([B, T] each; their promoted dtype): float32 (also
             for float16 and bfloat16) or float64. numpy dtypes, their names and torch dtypes all work.
-        mask_dtype: the dtype of response_mask ([B, T]): bool, uint8, int8/16/32/64, float32/64
-            (float16 and bfloat16 masks arrive as float32), or None for no mask.
-        data_dtype: the dtype of the float data the rule reads (logprobs or entropy, [B, T]);
+        mask_dtype: the dtype of response_mask ([B, T]): bool, uint8, int8/16/32/64, float16/32/64
+            (bfloat16 masks arrive as float32), or None for no mask.
+        data_dtype: the dtype of the float data the rule reads (logprobs or entropy, [B, T]):
+            float16, bfloat16 (each read as its bits: a kernel of its own), float32 or float64;
             default `dtype`. Integer ids and given boundaries have one dtype each.
         mask_mode, critic_lam, gamma: as in `compute_advantages` (skip or zero mode, and a
             decoupled critic, compile different kernels; gamma does not).
@@ -110,16 +111,20 @@ def warmup(estimator: str = "sae", *, dtype: Any = "float32", mask_dtype: Any = 
 
     spec = registry.make_spec(estimator, gamma=gamma, mask_mode=mask_mode, critic_lam=critic_lam, **options)
     values_dtype = np.dtype(np.float64) if _numpy_dtype(dtype, "dtype") == np.float64 else np.dtype(np.float32)
-    data_dtype = values_dtype if data_dtype is None else _numpy_dtype(data_dtype, "data_dtype")
     n, lengths = 16, np.array([8, 8], dtype=np.int64)
-    data = {"float": np.full(n, -1.0, dtype=data_dtype), "int": np.zeros(n, dtype=np.int64),
-            "bool": np.zeros(n, dtype=np.bool_)}
+    half = _half(data_dtype)
+    if half == "bfloat16":  # -1.0 as bfloat16 bits, as `arrays.as_numpy(keep_half=True)` passes them
+        float_data = np.full(n, -16512, dtype=np.int16).view(BFLOAT16_BITS)
+    else:
+        float_data = np.full(n, -1.0, dtype=np.float16 if half else
+                             values_dtype if data_dtype is None else _numpy_dtype(data_dtype, "data_dtype"))
+    data = {"float": float_data, "int": np.zeros(n, dtype=np.int64), "bool": np.zeros(n, dtype=np.bool_)}
     columns = {name: data[registry.DATA[name].kind] for name in registry.needed_data(spec)}
     if "given_boundaries" in columns:
         columns["given"] = columns.pop("given_boundaries")
     mask = None
     if mask_dtype is not None:
-        mask = np.ones(n, dtype=_numpy_dtype(mask_dtype, "mask_dtype"))
+        mask = np.ones(n, dtype=np.float16 if _half(mask_dtype) == "float16" else _numpy_dtype(mask_dtype, "mask_dtype"))
         mask[12:] = 0  # a right-padded row: the kernels' paths are compiled together anyway
     started = time.perf_counter()
     for bad in (False, True):  # the second run has a non-finite reward: compiles the search for it
@@ -129,6 +134,11 @@ def warmup(estimator: str = "sae", *, dtype: Any = "float32", mask_dtype: Any = 
                     starts=np.array([0, 8], dtype=np.int64), lengths=lengths, **columns)
         numba_scan.run(spec, rows, values_dtype)
     return time.perf_counter() - started
+
+
+def _half(dtype: Any) -> str | None:
+    """"float16" or "bfloat16" for those dtypes (numpy, torch or a name), else None."""
+    return {"float16": "float16", "half": "float16", "bfloat16": "bfloat16"}.get(str(dtype).removeprefix("torch."))
 
 
 def _numpy_dtype(dtype: Any, name: str) -> np.dtype:

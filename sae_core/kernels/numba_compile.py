@@ -25,7 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
 from numba.core import event
+from numba.extending import intrinsic, overload
 
 log = logging.getLogger("sae_core")
 OURS = ("sae_core.kernels.",)  # modules whose kernels the notice covers
@@ -92,3 +96,40 @@ class CompileNotice(event.Listener):
 
 NOTICE = CompileNotice()
 event.register("numba:compile", NOTICE)
+
+
+# numba has no float16 or bfloat16 type: half-precision data reach the kernels as their bits, IEEE
+# float16 as uint16 and bfloat16 as int16 (`numba_scan.run` makes these views; nothing else reaches
+# the kernels in those dtypes, since integer data is cast to float64 before), and `real` decodes
+# them in registers, so the passes that read them still vectorise (a widening conversion per lane).
+
+
+@intrinsic
+def _from_half_bits(typingctx, bits):  # pragma: no cover - compiled
+    if bits not in (types.uint16, types.int16):
+        return None
+    brain = bits == types.int16
+
+    def codegen(context, builder, signature, args):
+        (x,) = args
+        if brain:  # bfloat16: the high half of a float32
+            f = builder.bitcast(builder.shl(builder.zext(x, ir.IntType(32)), ir.Constant(ir.IntType(32), 16)),
+                                ir.FloatType())
+        else:
+            f = builder.bitcast(x, ir.HalfType())
+        return builder.fpext(f, ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+def real(x):  # pragma: no cover - replaced by the overload inside compiled code
+    """float64 of one element: a float as it is, half-precision bits (uint16: float16, int16:
+    bfloat16) decoded. Callable only from numba-compiled code."""
+    raise NotImplementedError("real() is for numba-compiled code")
+
+
+@overload(real)
+def _real(x):  # pragma: no cover - compiled
+    if x in (types.uint16, types.int16):
+        return lambda x: _from_half_bits(x)
+    return lambda x: np.float64(x)

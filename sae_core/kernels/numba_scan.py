@@ -40,7 +40,8 @@ import numba as nb
 import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
-from .numba_compile import jit
+from ..arrays import BFLOAT16_BITS
+from .numba_compile import jit, real
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
 CHUNK = 4096  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
@@ -96,7 +97,7 @@ def _prepare(rewards, values, mask, keep, one, score, score_sign, cut, given, fa
         check = 0.0
         c = lam
         if score is not None:
-            x = np.float64(score[q])
+            x = real(score[q])
             b = valid & (score_sign * x < cut)
             check = 0.0 * (x if valid else 0.0)  # NaN when x is not finite
             c = lam if b else 1.0
@@ -299,7 +300,7 @@ def _diagnose(rewards, values, mask, keep, one, score, start, length, out):  # p
             out[_P_REWARDS] = k
         if not math.isfinite(values[t]):
             out[_P_VALUES] = k
-        if score is not None and not math.isfinite(score[t]):
+        if score is not None and not math.isfinite(real(score[t])):
             out[_P_SCORE] = k
     if (out < 0).all():
         out[_P_OVERFLOW] = 0
@@ -322,7 +323,7 @@ def _row_quantiles(score, mask, keep, starts, lengths, q, out):  # pragma: no co
         n = 0
         for t in range(starts[i], starts[i] + lengths[i]):
             if mask is None or (mask[t] & keep) != 0:
-                buf[n] = score[t]
+                buf[n] = real(score[t])
                 n += 1
         if n == 0:
             out[i] = -np.inf
@@ -402,7 +403,8 @@ def mask_bits(mask: np.ndarray | None) -> tuple[np.ndarray | None, np.unsignedin
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
-    """Scan every row of `rows`; same contract as `reference.run`."""
+    """Scan every row of `rows`; same contract as `reference.run`. Log-probs or entropy may also be
+    float16 or bfloat16 bits (`arrays.BFLOAT16_BITS`): `reads_half_bits`."""
     n = rows.rewards.shape[0]
     n_rows = rows.starts.shape[0]
     starts, lengths = rows.starts, rows.lengths
@@ -424,6 +426,8 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         _lambda_factors(rows.lambdas, mask, keep, starts, lengths, spec.mask_mode == "zero", factors)
     if spec.boundary in ("logprob", "quantile", "entropy"):
         score = rows.score
+        if score.dtype == np.float16 or score.dtype == BFLOAT16_BITS:  # as bits, decoded by `real`
+            score = score.view(np.uint16 if score.dtype == np.float16 else np.int16)
         if spec.boundary == "logprob":
             cuts = np.full(n_rows, math.log(spec.threshold))
         elif spec.boundary == "entropy":
@@ -458,3 +462,6 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     for i in np.flatnonzero(~np.isfinite(final)):
         _diagnose(rows.rewards, rows.values, mask, keep, one, score, starts[i], lengths[i], problems[i])
     return adv, ret, bnd, problems
+
+
+run.reads_half_bits = True  # api: pass float16 / bfloat16 log-probs and entropy as they are (see `run`)

@@ -320,10 +320,11 @@ def _warmup(args) -> int:
     from ...kernels import numba_compile, numba_scan
 
     total, done, compiled_before = 0.0, [], numba_compile.NOTICE.compiled
-    for (name, options), dtype, mask, mode in itertools.product(runs, args.dtype or ["float32"],
-                                                                args.mask_dtype or ["int64"],
-                                                                args.mask_mode or ["skip"]):
-        kw = {"mask_mode": mode, "critic_lam": args.critic_lam, **options}
+    for (name, options), dtype, data, mask, mode in itertools.product(runs, args.dtype or ["float32"],
+                                                                      args.data_dtype or [None],
+                                                                      args.mask_dtype or ["int64"],
+                                                                      args.mask_mode or ["skip"]):
+        kw = {"mask_mode": mode, "critic_lam": args.critic_lam, "data_dtype": data, **options}
         try:
             seconds = kernels.warmup(name, dtype=dtype, mask_dtype=None if mask == "none" else mask, **kw)
         except (ValueError, TypeError) as exc:
@@ -331,11 +332,13 @@ def _warmup(args) -> int:
             return EXIT_USAGE
         total += seconds
         compiled = numba_compile.NOTICE.compiled - sum(d["compiled"] for d in done) - compiled_before
-        done.append({"estimator": name, "options": options, "dtype": dtype, "mask_dtype": mask,
+        done.append({"estimator": name, "options": options, "dtype": dtype, "data_dtype": data or dtype,
+                     "mask_dtype": mask,
                      "mask_mode": kw["mask_mode"], "critic_lam": args.critic_lam, "seconds": seconds,
                      "compiled": compiled})
         if not args.json:
-            _say(f"{name} {dtype} values, {mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
+            data_text = f"{data} data, " if data else ""
+            _say(f"{name} {dtype} values, {data_text}{mask} mask, {kw['mask_mode']} mode: {seconds:.2f} s")
     cache = numba_compile.cache_dir(numba_scan._scan)
     if args.json:  # compiled: numba compilations in this process (0: every kernel loaded from the cache)
         _say(json.dumps({"combinations": done, "totals": {"combinations": len(done), "seconds": total,

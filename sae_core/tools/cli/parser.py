@@ -18,7 +18,7 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-WARMUP_MASKS = ("bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64", "none")
+WARMUP_MASKS = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "Default: float32")
     warm.add_argument("--mask-dtype", action="append", choices=WARMUP_MASKS,
                       help="dtype of response_mask (none: no mask). Repeatable. Default: int64 (veRL)")
+    warm.add_argument("--data-dtype", action="append", choices=("float16", "bfloat16", "float32", "float64"),
+                      help="dtype of the log-probs or entropy the boundary rule reads (veRL may pass bfloat16 "
+                           "log-probs). Repeatable. Default: the --dtype")
     warm.add_argument("--mask-mode", action="append", choices=registry.MASK_MODES,
                       help="skip (veRL) or zero (OpenRLHF). Repeatable. Default: skip")
     warm.add_argument("--critic-lam", type=float, default=None, help="a decoupled critic's lambda (VAPO)")
