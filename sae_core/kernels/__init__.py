@@ -95,8 +95,10 @@ def warmup(estimator: str = "sae", *, dtype: Any = "float32", mask_dtype: Any = 
         estimator: "gae", "mc", "sae" or "vapo", with its `**options` (e.g. boundary="entropy" or
             threshold=0.1) as `compute_advantages` takes them: the boundary rule decides which
             kernels run. The option values themselves do not matter, only which rule.
-        dtype: the dtype of rewards and values ([B, T] each; their promoted dtype): float32 (also
-            for float16 and bfloat16) or float64. numpy dtypes, their names and torch dtypes all work.
+        dtype: the dtype of rewards and values ([B, T] each): float32 (also for float16 and
+            bfloat16) or float64. numpy dtypes, their names and torch dtypes all work. The kernels
+            read each in its own dtype, so float64 rewards with float32 values are a combination of
+            their own, compiled on first use.
         mask_dtype: the dtype of response_mask ([B, T]): bool, uint8, int8/16/32/64, float16/32/64
             (bfloat16 masks arrive as float32), or None for no mask.
         data_dtype: the dtype of the float data the rule reads (logprobs or entropy, [B, T]):
