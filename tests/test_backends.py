@@ -8,6 +8,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from helpers import batches, estimator_kwargs, ragged_kwargs, to_ragged, tolerance
 from sae_core import compute_advantages, compute_advantages_ragged
+from sae_core.kernels.numba_scan import CHUNK as C
+from sae_core.kernels.numba_scan import STAGGER
 
 FAST_BACKENDS = ["numba"]
 
@@ -49,8 +51,9 @@ def test_ragged_matches_reference(backend, data):
 @settings(max_examples=12)
 @given(data=st.data())
 def test_long_rows_across_chunks(backend, data):
-    """Rows longer than the numba kernel's 2048-token chunk, of unequal lengths, in one lockstep block."""
-    lengths = data.draw(st.lists(st.sampled_from([1, 2047, 2048, 2049, 4097, 6500]), min_size=1, max_size=6))
+    """Rows longer than the numba kernel's chunk, of unequal lengths, in one lockstep block."""
+    lengths = data.draw(st.lists(st.sampled_from([1, C - 1, C, C + 1, 2 * C + 1, 2 * C + C // 2]), min_size=1,
+                                 max_size=6))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n = int(offsets[-1])
     kind = data.draw(st.sampled_from(["full", "right_padded", "gaps"]))
@@ -78,8 +81,9 @@ def test_mask_dtypes(backend, mask_dtype):
 def test_right_padded_rows_longer_than_a_chunk(backend):
     """Chunks that are valid tokens followed by padding take the kernel's dense path."""
     rng = np.random.default_rng(1)
-    B, T = 9, 5000
-    lengths = np.array([0, 1, 2047, 2048, 2049, 3000, 4095, 4999, 5000])
+    # the edges of the kernel's chunks: lane j's row ends STAGGER * j tokens before a chunk's end
+    lengths = np.array([0, 1, C - 1, C, C + 1, C - STAGGER, C - 2 * STAGGER + 1, 2 * C - 3 * STAGGER, 2 * C + 5])
+    B, T = len(lengths), int(lengths.max())
     mask = np.arange(T)[None, :] < lengths[:, None]
     r, v = rng.normal(size=(B, T)), rng.normal(size=(B, T))
     lp = -rng.exponential(size=(B, T))
