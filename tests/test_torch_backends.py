@@ -308,3 +308,50 @@ def test_sae_with_every_token_a_boundary_scans_as_gae_does(mode):
     gae = compute_advantages(t["rewards"], t["values"], t["mask"], estimator="gae", **kw)
     assert_array_equal(sae.advantages.numpy(), gae.advantages.numpy())
     assert_array_equal(sae.returns.numpy(), gae.returns.numpy())
+
+
+# the CPU path's fast mask checks (`torch_schedule._all_zero_one`) and its numpy-backed outputs
+MB, MT = 3, 700  # the mask-check tests: 2100 tokens on CPU tensors
+
+
+def mask_batch():
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(MB, MT)).astype(np.float32)
+    v = rng.normal(size=(MB, MT)).astype(np.float32)
+    lp = np.log(rng.uniform(0.01, 1.0, (MB, MT))).astype(np.float32)
+    mask = np.ones((MB, MT), dtype=bool)
+    mask[1, 600:] = False
+    return r, v, mask, lp
+
+
+BAD_MASK = {np.float32: [0.5, 2.0, -1.0, np.nan, np.inf, 1e-45, np.float32(1) - np.float32(2.0 ** -24), -1e-45],
+       np.float64: [0.5, 1.0 + 2.0 ** -52, 1e-300, np.nan], np.int64: [2, -1, 2 ** 40], np.uint8: [2, 255],
+       np.int32: [-2, 7]}
+
+
+@pytest.mark.parametrize("dtype", list(BAD_MASK), ids=lambda d: np.dtype(d).name)
+def test_torch_reports_a_mask_entry_other_than_0_1(dtype):
+    r, v, mask, lp = mask_batch()
+    for value in BAD_MASK[dtype]:
+        for row, token in [(0, 0), (1, 650), (2, MT - 1)]:
+            m = mask.astype(dtype)
+            m[row, token] = value
+            args = [torch.from_numpy(x) for x in (r, v, m, lp)]
+            with pytest.raises(ValueError, match=rf"response_mask must hold only 0 and 1; row {row}, token {token}"):
+                compute_advantages(args[0], args[1], args[2], estimator="sae", logprobs=args[3], backend="torch")
+
+
+@pytest.mark.parametrize("dtype", list(BAD_MASK), ids=lambda d: np.dtype(d).name)
+def test_torch_accepts_0_1_masks_and_matches_reference(dtype):
+    r, v, mask, lp = mask_batch()
+    m = mask.astype(dtype)
+    got = compute_advantages(*(torch.from_numpy(x) for x in (r, v)), torch.from_numpy(m), estimator="sae",
+                             logprobs=torch.from_numpy(lp), backend="torch")
+    want = compute_advantages(r, v, m, estimator="sae", logprobs=lp, backend="reference")
+    np.testing.assert_allclose(got.advantages.numpy(), want.advantages, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got.returns.numpy(), want.returns, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.boundaries.numpy(), want.boundaries)
+    got.advantages.add_(1.0)  # the outputs are ordinary writable tensors, each with storage of its own
+    assert got.advantages.is_contiguous() and got.advantages.shape == (MB, MT)
+    for x in got:
+        assert x.untyped_storage().nbytes() == x.numel() * x.element_size()

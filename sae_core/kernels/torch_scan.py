@@ -7,6 +7,8 @@ imposes on its predecessor (c_next(t) = lambda_t, `schedules.affine_factors`),
     f_t = gamma * c_t,  e_t = gamma * V_t + f_t * u_t,  u_t = r_t - V_t
     S_t = e_t + f_t * S_{t+1};   A_t = u_t + S_{t+1};   R_t = r_t + S'_{t+1}
 
+(without a critic's lambda S' = S, and A is computed as R_t - V_t: one pass, no u).
+
 with skip-mode masked tokens as identity steps (f = 1, e = 0) and zero-mode ones as r = V = 0.
 Rows lie end to end in one flat [N] column (`types.Rows`); each row's last token gets f = 0 in the
 scan, which cuts the link to the next row, so padded and ragged batches are the same computation.
@@ -26,7 +28,9 @@ to the outputs' scale:
   that. Where every factor is 0, 1 or at most F32_MAX_FACTOR (0.98), the weights shrink at
   least as f^k, so the drift averages at most 6e-8 * f / (1 - f) <= 3e-6;
 - sums and products of the scan go through about 20 roundings (the doubling depth times the
-  levels), on partial sums bounded by a few times the outputs: another ~2e-6.
+  levels), on partial sums bounded by a few times the outputs: another ~2e-6 (A = R - V and
+  e = r + d (V - r) round once more each, on numbers of the outputs' and V's scale, as
+  u = r - V and f r + d V did).
 Both stay below the 1e-5 the backends agree to in float32. A factor in (0.98, 1) (VAPO's
 lambda on long rows, gamma = 0.999, lam = 0.99) has a horizon of hundreds or thousands of
 tokens, over which the drift would pass 1e-5 (0.9995 rounds by 2.3e-8; over 2,000 tokens the
@@ -34,8 +38,10 @@ weights drift by about 5e-5), so those scans run in float64; so do scans of the 
 lambdas (any factor in [0, 1]). A float32 scan that overflows (inputs near float32's limit) is run
 again in float64 before any error is reported.
 
-On the CPU, rows go in groups of about CPU_GROUP_TOKENS tokens (`run`) and masks and boundaries
-enter as 0/1 factors (`scan`); why is in docs/performance.md.
+On the CPU, rows go in groups of about CPU_GROUP_TOKENS tokens (`run`), masks and boundaries
+enter as 0/1 factors (`scan`), and the outputs and temporaries live in memory from numpy
+(`cpu_empty`, `Scratch`: huge pages, and one work space for all groups, as page faults on fresh
+memory cost as much as the passes themselves); why is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -44,15 +50,15 @@ import numpy as np
 import torch
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
-from .torch_schedule import Schedule, diagnose, first_per_row, part, schedule, span
+from .torch_schedule import Schedule, any_true, diagnose, first_per_row, part, schedule, span
 
 CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
 F32_MAX_FACTOR = 0.98  # the largest factor f = gamma * lambda (other than 1) scanned in float32
 
 
-def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, empty=None) -> torch.Tensor:
     """S with S_t = e_t + f_t * S_{t+1} and S_N = 0, for 1-D f and e of length N (both consumed:
-    they serve as work space).
+    they serve as work space). empty(): an uninitialised tensor like f, for two more of work space.
 
     Doubling inside chunks: after the step with distance d, (f_t, e_t) hold the composition of
     the 2d maps from t on (within the chunk), so log2(chunk) steps give each position's state up
@@ -67,14 +73,20 @@ def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK) ->
     if pad:  # identity steps after the end
         f, e = torch.cat([f, f.new_ones(pad)]), torch.cat([e, e.new_zeros(pad)])
     F, E = f.view(m, chunk), e.view(m, chunk)
-    F2, E2 = torch.empty_like(F), torch.empty_like(E)
+    if empty is None or pad:
+        F2, E2 = torch.empty_like(F), torch.empty_like(E)
+    else:
+        F2, E2 = empty().view(m, chunk), empty().view(m, chunk)
     d = 1
     while d < chunk:
         # (f, e)_t <- (f_t f_{t+d}, e_t + f_t e_{t+d}); the last d positions of a chunk are done
         torch.addcmul(E[:, :-d], F[:, :-d], E[:, d:], out=E2[:, :-d])
-        E2[:, -d:] = E[:, -d:]
         torch.mul(F[:, :-d], F[:, d:], out=F2[:, :-d])
-        F2[:, -d:] = F[:, -d:]
+        # the last d positions (complete since the previous step) are copied, but only those that
+        # E2, F2 (the state two steps ago, complete in the last d // 2) do not hold already
+        done = chunk - d // 2 if d > 1 else chunk
+        E2[:, -d:done] = E[:, -d:done]
+        F2[:, -d:done] = F[:, -d:done]
         F, F2, E, E2 = F2, F, E2, E
         d *= 2
     if m > 1:
@@ -102,15 +114,22 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
             tokens *= 2  # float32 temporaries: twice the tokens in the same bytes
         groups = _row_groups(rows.lengths, tokens)
     problems = np.full((rows.starts.shape[0], len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
+    n = rows.rewards.shape[0]
+    # on the CPU: the mask as bool and the boundaries (the output, a tensor of its own) in memory
+    # from `cpu_empty`
+    flags = (cpu_empty(n, torch.bool), cpu_empty(n, torch.bool)) if device.type == "cpu" else None
     parts = []
     for first, last in groups:
         piece = part(rows, first, last)
-        sched = schedule(spec, piece)
+        lo, hi = span(rows, first, last)
+        sched = schedule(spec, piece, None if flags is None else (flags[0][lo:hi], flags[1][lo:hi]))
         problems[first:last] = sched.problems
         parts.append((first, last, piece, sched))
     if (problems >= 0).any():
         return None, None, None, problems
     dtype = scan_dtype(spec, [sched for *_, sched in parts], out_dtype)
+    if device.type == "cpu":
+        return _run_cpu(spec, rows, parts, dtype, out_dtype, problems, flags[1])
     if len(parts) == 1:
         _, _, piece, sched = parts[0]
         adv, ret, _ = _scan_checked(spec, piece, sched, dtype, out_dtype)
@@ -131,17 +150,72 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     return adv, ret, boundaries, problems
 
 
-def _scan_checked(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype, out_dtype, out=None):
+def _run_cpu(spec: EstimatorSpec, rows: Rows, parts: list, dtype, out_dtype, problems: np.ndarray,
+             boundaries: torch.Tensor):
+    """`run`'s scans on the CPU: outputs and each group's temporaries in memory from `cpu_empty`,
+    the temporaries in one `Scratch` that every group reuses. `boundaries`: [N] bool, the output,
+    which the rules that `torch_schedule.schedule` writes there have filled in already."""
+    n = rows.rewards.shape[0]
+    adv, ret = cpu_empty(n, out_dtype), cpu_empty(n, out_dtype)
+    scratch = Scratch(max((hi - lo for lo, hi in (span(rows, a, b) for a, b, *_ in parts)), default=0), dtype)
+    for first, last, piece, sched in parts:
+        lo, hi = span(rows, first, last)
+        _scan_checked(spec, piece, sched, dtype, out_dtype, out=(adv[lo:hi], ret[lo:hi]), scratch=scratch)
+        problems[first:last] = sched.problems
+        if hi > lo and sched.boundaries.data_ptr() != boundaries[lo:hi].data_ptr():
+            boundaries[lo:hi] = sched.boundaries
+    if (problems >= 0).any():
+        return None, None, None, problems
+    return adv, ret, boundaries, problems
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.bool: np.bool_}
+
+
+def cpu_empty(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised [n] CPU tensor in memory that numpy allocates: numpy asks Linux for huge
+    pages (madvise) for arrays of 4 MiB or more, so that first writes fault once per 2 MiB rather
+    than once per 4 KiB page. Memory fresh from the system costs ~1.25 us per 4 KiB fault here,
+    the time of moving ~40 KiB through an elementwise pass: torch.empty's faults were about
+    half the torch backend's time at [256, 8192] (docs/performance.md)."""
+    return torch.from_numpy(np.empty(n, dtype=_NUMPY_DTYPES[dtype]))
+
+
+class Scratch:
+    """Work space for one group's [n] temporaries on the CPU, handed out in order by `take` and
+    all taken back by `reset` (the next group's or scan's start): every group reuses the memory
+    that the first one faulted in (`cpu_empty`). Unused slots cost no memory, as untouched pages
+    are not backed. A request it cannot serve (another dtype, longer, no slot left) gets torch.empty."""
+
+    SLOTS = 12  # the temporaries one scan holds at once, with a critic's second scan
+
+    def __init__(self, tokens: int, dtype: torch.dtype):
+        self.tokens, self.dtype, self.used = tokens, dtype, 0
+        self.buffer = cpu_empty(self.SLOTS * tokens, dtype).view(self.SLOTS, tokens) if tokens else None
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def take(self, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """An uninitialised [n] tensor of `dtype` on `device`."""
+        if self.buffer is None or dtype != self.dtype or n > self.tokens or self.used == self.SLOTS \
+                or device.type != "cpu":
+            return torch.empty(n, dtype=dtype, device=device)
+        self.used += 1
+        return self.buffer[self.used - 1, :n]
+
+
+def _scan_checked(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype, out_dtype, out=None, scratch=None):
     """The fast `scan` in `dtype`. If anything in it came out non-finite, the careful scan again:
     in `dtype` (an inf or NaN under the mask: the same numbers as the fast scan would give), then
     in float64 (a float32 overflow). Then `diagnose` the rows still not finite (into
     sched.problems): a bad input or a float64 overflow."""
     with torch.no_grad():
-        adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=False)
+        adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=False, scratch=scratch)
         if not bool(torch.isfinite(final).all()):
-            adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=True)
+            adv, ret, final = scan(spec, rows, sched, dtype, out_dtype, out, careful=True, scratch=scratch)
         if dtype != torch.float64 and not bool(torch.isfinite(final).all()):
-            adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out, careful=True)
+            adv, ret, final = scan(spec, rows, sched, torch.float64, out_dtype, out, careful=True, scratch=scratch)
     suspects = np.flatnonzero(~torch.isfinite(final).cpu().numpy())
     if suspects.size:
         diagnose(spec, rows, sched.valid, sched.row_of, suspects, sched.problems, _alone_is_finite)
@@ -184,19 +258,26 @@ def scan_dtype(spec: EstimatorSpec, scheds: list[Schedule], out_dtype) -> torch.
     if out_dtype == torch.float64 or spec.estimator == GIVEN_LAMBDAS:
         return torch.float64
     g = spec.gamma
+    if spec.estimator in ("gae", "mc", "sae") and _f32_factors(
+            {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}[spec.estimator], spec):
+        return torch.float32  # whatever the schedules: they can only drop factors from these
     if spec.estimator == "vapo":
         lams = [float(s.lam_rows.max()) for s in scheds if s.lam_rows is not None and s.lam_rows.numel()]
         factors = [g * max(lams, default=0.0)]
     else:
         factors = {"gae": [g * spec.lam], "mc": [g], "sae": [g, g * spec.lam]}[spec.estimator]
-        if spec.estimator == "sae" and scheds and not any(bool(s.boundaries.any()) for s in scheds):
+        if spec.estimator == "sae" and scheds and not any(any_true(s.boundaries) for s in scheds):
             factors = [g]
         elif spec.estimator == "sae" and scheds and all(_all_boundaries(spec, s) for s in scheds):
             factors = [g * spec.lam]
+    return torch.float32 if _f32_factors(factors, spec) else torch.float64
+
+
+def _f32_factors(factors: list[float], spec: EstimatorSpec) -> bool:
+    """Whether these factors, with the critic's gamma * critic_lam, are each 1 or at most F32_MAX_FACTOR."""
     if spec.critic_lam is not None:
-        factors.append(g * spec.critic_lam)
-    ok = all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)
-    return torch.float32 if ok else torch.float64
+        factors = [*factors, spec.gamma * spec.critic_lam]
+    return all(f == 1.0 or f <= F32_MAX_FACTOR for f in factors)
 
 
 def _all_boundaries(spec: EstimatorSpec, sched: Schedule) -> bool:
@@ -204,7 +285,7 @@ def _all_boundaries(spec: EstimatorSpec, sched: Schedule) -> bool:
     token is a boundary, so gamma is applied only after a row's last valid token (to A = 0 there), and
     in zero mode no masked token lies before a valid one (an interior gap takes part, with A != 0).
     Then sae scans in the dtype gae does and equals it exactly (the "every token a boundary" case)."""
-    if bool((sched.valid & ~sched.boundaries).any()):
+    if any_true(sched.valid ^ sched.boundaries):  # boundaries lie within valid: valid & ~boundaries
         return False
     if spec.mask_mode != "zero" or bool(sched.valid.all()):
         return True
@@ -215,7 +296,7 @@ def _all_boundaries(spec: EstimatorSpec, sched: Schedule) -> bool:
 
 
 def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, out_dtype=torch.float64, out=None,
-         careful: bool = True):
+         careful: bool = True, scratch: Scratch | None = None):
     """Advantages [N] and returns [N] in `out_dtype` (written into `out`, a pair of [N] tensors, when
     given), computed in `dtype` (float32 or float64: see `scan_dtype`), and each row's final state
     [B] in `dtype`: non-finite when an input of the row was (or of a later row: see `diagnose`),
@@ -226,13 +307,18 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     multiplying by 0 or 1 is exact for finite numbers. With careful=False that is all, and an inf
     or NaN under the mask, like one anywhere, makes every row's final state NaN: the caller then
     scans again with careful=True, which masks the inputs with torch.where and marks only the rows
-    whose outputs are not finite.
+    whose outputs are not finite. `scratch`: where the [N] temporaries go (on the CPU: `Scratch`).
     """
     device = rows.rewards.device
     n = rows.rewards.shape[0]
     masked = rows.mask is not None
     skip = masked and spec.mask_mode == "skip"  # masked tokens: identity steps, outputs 0
     g = spec.gamma
+    if scratch is not None:
+        scratch.reset()
+
+    def new():  # an uninitialised [N] temporary
+        return torch.empty(n, dtype=dtype, device=device) if scratch is None else scratch.take(n, dtype, device)
 
     def as_dtype(x):  # perhaps the caller's own tensor: never written to
         return x if x.dtype == dtype else x.to(dtype)
@@ -241,41 +327,43 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     keep = None  # [N] `dtype`, 1.0 at valid tokens and 0.0 at masked ones
     mask_e = False  # whether e (not r and V) gets the mask: skip mode's fast path, one op for two
     if masked:
-        keep = sched.valid.view(torch.uint8).to(dtype)
+        keep = new().copy_(sched.valid.view(torch.uint8))
         if careful:  # inf or NaN may sit under the mask: 0 * inf would be NaN
             r = torch.where(sched.valid, r, 0.0)
             v = torch.where(sched.valid, v, 0.0)
         elif skip:  # masked r and V only reach e (masked below) and outputs (masked at the end)
             mask_e = True
         else:  # zero mode: masked tokens are r = V = 0 tokens
-            r, v = r * keep, v * keep
-    u = r - v
+            r, v = torch.mul(r, keep, out=new()), torch.mul(v, keep, out=new())
 
     # e_t = gamma * V_t + f_t * u_t, computed as f_t * r_t + d_t * V_t with d_t = gamma - f_t: the
     # same number without the cancellation of V in u (in float32, V = 1000 would put 6e-5 of
-    # noise into every token's e, even where f = gamma and e = gamma * r). Masked tokens in skip
-    # mode have e = 0: r = V = 0 there, or e is masked itself.
-    def factors(b, lam_gamma: float):
+    # noise into every token's e, even where f = gamma and e = gamma * r). With gamma = 1 that is
+    # torch.lerp(r, V, d) = r + d (V - r), one pass instead of two: exactly r where d = 0, and
+    # elsewhere within a rounding or two of d V's own. Masked tokens in skip mode have e = 0:
+    # r = V = 0 there, or e is masked itself.
+    def factors(b, lam_gamma: float, own_b: bool = False):
         """(f, d) where `b` [N] (0/1 in `dtype`, or None for none) marks the tokens whose factor is
         lam_gamma; the others have gamma, or 1 if masked in skip mode. f = base - d, with base
         gamma (1 at masked tokens in skip mode) and d = b * (gamma - lam_gamma): exact wherever
         lam_gamma >= gamma / 2 (no rounding in either subtraction), and the same ops for every
-        estimator, so that sae with every token a boundary is gae to the last bit."""
+        estimator, so that sae with every token a boundary is gae to the last bit. own_b: b is
+        scratch, and becomes d."""
         base = g
         if skip:
             base = 1.0 if g == 1.0 else keep.mul(g - 1.0).add_(1.0)
-        d = 0.0 if b is None else b.mul(g - lam_gamma)
+        d = 0.0 if b is None else b.mul_(g - lam_gamma) if own_b else b.mul(g - lam_gamma)
         if isinstance(d, float):
             f = base.clone() if isinstance(base, torch.Tensor) else torch.full((n,), base, dtype=dtype,
                                                                                device=device)
         else:
-            f = torch.sub(base, d) if isinstance(base, torch.Tensor) else torch.rsub(d, base)
+            f = torch.sub(base if isinstance(base, torch.Tensor) else torch.tensor(base, dtype=dtype), d, out=new())
         return f, d
 
     def every(lam_gamma: float):
         """(f, d) with lam_gamma at every token (gae, the critic's lambda): at every valid token in
         skip mode, at masked ones too in zero mode."""
-        return factors(keep if skip else torch.ones(n, dtype=dtype, device=device), lam_gamma)
+        return factors(keep if skip else new().fill_(1.0), lam_gamma, own_b=not skip)
 
     if sched.lam_rows is not None:  # vapo: each row's own lambda
         f = (g * sched.row_lambdas(spec, dtype))[sched.row_of]
@@ -288,7 +376,7 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
         if skip:
             f.sub_(1.0).mul_(keep).add_(1.0)
     elif spec.estimator == "sae":  # masked tokens are never boundaries
-        f, d = factors(sched.boundaries.view(torch.uint8).to(dtype), g * spec.lam)
+        f, d = factors(new().copy_(sched.boundaries.view(torch.uint8)), g * spec.lam, own_b=True)
     elif spec.estimator == "gae":
         f, d = every(g * spec.lam)
     else:  # mc
@@ -301,15 +389,18 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
     def arriving(f_t, d_t):
         """S shifted: each token's S_{t+1} sits at t + 1, and 0 at every row's first token, so that
         x[:-1] + s[1:] adds the state arriving at t; and each row's total S_0 [B]. Consumes f_t."""
-        e_t = torch.mul(f_t, r)
-        if isinstance(d_t, torch.Tensor):
-            e_t.addcmul_(d_t, v)
-        elif d_t != 0.0:
-            e_t.add_(v, alpha=d_t)
+        if g == 1.0 and isinstance(d_t, torch.Tensor):  # f = 1 - d: one op, r + d (V - r), exactly r where d = 0
+            e_t = torch.lerp(r, v, d_t, out=new())
+        else:
+            e_t = torch.mul(f_t, r, out=new())
+            if isinstance(d_t, torch.Tensor):
+                e_t.addcmul_(d_t, v)
+            elif d_t != 0.0:
+                e_t.add_(v, alpha=d_t)
         if mask_e:
             e_t.mul_(keep)
         f_t[lasts] = 0.0  # a row's last token does not see the next row
-        s = reverse_affine_scan(f_t, e_t)
+        s = reverse_affine_scan(f_t, e_t, empty=new)
         final = torch.zeros(rows.starts.shape[0], dtype=dtype, device=device)
         final[nonempty] = s[firsts]
         s[firsts] = 0.0  # what arrives at a row's last token: nothing
@@ -323,14 +414,22 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
         final = final + 0.0 * final_critic  # NaN when either is not finite
     # masked: skip mode outputs 0; zero mode has r = V = 0, so A = R = the arriving state
     direct = out is not None and out[0].dtype == dtype  # write the caller's outputs directly
-    adv, ret = out if direct else (torch.empty_like(u), torch.empty_like(u))
-    torch.add(u[:-1], s[1:], out=adv[:-1])
-    adv[-1:] = u[-1:]  # the last token of the last row: nothing arrives
+    adv, ret = out if direct else (new(), new())
     torch.add(r[:-1], s_critic[1:], out=ret[:-1])
-    ret[-1:] = r[-1:]
+    ret[-1:] = r[-1:]  # the last token of the last row: nothing arrives
     if skip:  # 0 where finite; a NaN stays and is caught below
-        adv.mul_(keep)
         ret.mul_(keep)
+    if spec.critic_lam is None:  # A = R - V, as S' = S: one pass, and no u = r - V
+        if skip:
+            torch.addcmul(ret, keep, v, value=-1.0, out=adv)
+        else:
+            torch.sub(ret, v, out=adv)
+    else:
+        torch.sub(r[:-1], v[:-1], out=adv[:-1])
+        adv[:-1] += s[1:]
+        torch.sub(r[-1:], v[-1:], out=adv[-1:])
+        if skip:
+            adv.mul_(keep)
     if not bool(torch.isfinite(adv.sum() + ret.sum())):  # an output is not finite (or just their sum)
         if not careful:
             return adv, ret, torch.full_like(final, float("nan"))

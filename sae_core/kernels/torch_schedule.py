@@ -69,8 +69,12 @@ def first_per_row(bad: torch.Tensor, row_of: torch.Tensor, starts: np.ndarray) -
     return np.where(first < n, first - starts, -1)
 
 
-def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
-    """Validate the mask and the boundary rule's data, and compute boundaries and lambdas."""
+def schedule(spec: EstimatorSpec, rows: Rows, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Schedule:
+    """Validate the mask and the boundary rule's data, and compute boundaries and lambdas.
+
+    out: a pair of [N] bool tensors that the mask as bool (a mask not bool already) and the
+    boundaries of the logprob and entropy rules (or of none) are written into, instead of new
+    tensors (on the CPU new memory costs page faults: `torch_scan.cpu_empty`)."""
     device = rows.rewards.device
     n = rows.rewards.shape[0]
     starts, lengths = rows.starts, rows.lengths
@@ -82,9 +86,10 @@ def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
     elif rows.mask.dtype == torch.bool:
         valid = rows.mask
     else:
-        valid = rows.mask != 0
-        broken = valid & (rows.mask != 1)
-        if bool(broken.any()):
+        # != 0 (NaN too) as a conversion: a fraction of the time of a comparison on the CPU
+        valid = rows.mask.bool() if out is None else out[0].copy_(rows.mask)
+        if not _all_zero_one(rows.mask):
+            broken = valid & (rows.mask != 1)
             problems[:, PROBLEM_COLUMNS.index("response_mask")] = first_per_row(broken, sched.row_of, starts)
     sched.valid = valid
     score = rows.score if spec.boundary in ("logprob", "quantile", "entropy") else None
@@ -104,11 +109,14 @@ def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
     row_of = sched.row_of if spec.boundary in ("quantile", "fixed", "delimiter") else None
 
     rule = spec.boundary
-    boundaries = torch.zeros(n, dtype=torch.bool, device=device)
-    if rule == "logprob":
-        boundaries = valid & (score < exact_cut(math.log(spec.threshold), score.dtype, "below"))
-    elif rule == "entropy":
-        boundaries = valid & (score > exact_cut(spec.entropy_threshold, score.dtype, "above"))
+    boundaries = torch.zeros(n, dtype=torch.bool, device=device) if out is None else out[1].zero_()
+    if rule in ("logprob", "entropy"):
+        if rule == "logprob":
+            compare, cut = torch.lt, exact_cut(math.log(spec.threshold), score.dtype, "below")
+        else:
+            compare, cut = torch.gt, exact_cut(spec.entropy_threshold, score.dtype, "above")
+        boundaries = compare(score, cut) if out is None else compare(score, cut, out=out[1])
+        boundaries &= valid
     elif rule == "given":
         boundaries = valid & rows.given
     elif rule == "quantile":
@@ -124,6 +132,29 @@ def schedule(spec: EstimatorSpec, rows: Rows) -> Schedule:
         boundaries = valid & (before >= 0) & is_delimiter[before.clamp(min=0)]
     sched.boundaries = boundaries
     return sched
+
+
+def any_true(x: torch.Tensor) -> bool:
+    """Whether the bool tensor `x` holds a True: its bytes' maximum, which on the CPU takes a
+    tenth of the time of torch.any."""
+    return x.numel() > 0 and bool(x.view(torch.uint8).max())
+
+
+def _all_zero_one(mask: torch.Tensor) -> bool:
+    """Whether every entry of the non-bool `mask` is 0 or 1, in one or two reductions (comparisons
+    that produce bool tensors are slow on the CPU). Integers: min >= 0 and max <= 1. Floats in
+    [0, 1] (NaN fails that check): m - m*m is 0 at 0 and 1 and > 0 in between (m*m rounds to at
+    most m, and to less: m (1 - m) is at least half the spacing at m, as 1 - m is at least the
+    spacing below 1), so their sum is 0 iff none is in between: a sum of non-negative terms is at
+    least its largest."""
+    if mask.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(mask)
+    if not bool((lo >= 0) & (hi <= 1)):
+        return False
+    if not mask.dtype.is_floating_point:
+        return True
+    return not bool(torch.addcmul(mask, mask, mask, value=-1).sum() > 0)
 
 
 def exact_cut(cut: float, dtype, side: str) -> float:
