@@ -220,3 +220,24 @@ def test_the_numba_kernel_gets_the_callers_arrays_not_copies(monkeypatch):
     ref = compute_advantages(r64, v32.astype(np.float64), mask, estimator="sae", logprobs=lp32.astype(np.float64),
                              backend="reference")
     same(out, ref, np.float64)
+
+
+def test_half_precision_bits_decode_exactly():
+    """numba_compile.real on every float16 (uint16) and bfloat16 (int16) bit pattern: the number
+    numpy's float16 and torch's bfloat16 hold, NaNs included (as NaNs)."""
+    torch = pytest.importorskip("torch")
+    import numba
+
+    from sae_core.kernels.numba_compile import real
+
+    @numba.njit
+    def decode(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = real(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.shape[0])
+    decode(bits, out)
+    assert_array_equal(out, bits.view(np.float16).astype(np.float64))
+    decode(bits.view(np.int16), out)
+    assert_array_equal(out, torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).double().numpy())
