@@ -87,7 +87,7 @@ def torch_dtype(dtype: Any):
 
 
 # bfloat16 data as numpy carries it for the numba backend: the tensor's bits, marked by this dtype
-# (numpy has no bfloat16; `as_numpy(keep_half=True)`); `number` reads one entry back as a float
+# (numpy has no bfloat16; `as_numpy(keep_bfloat16=True)`); `number` reads one entry back as a float
 BFLOAT16_BITS = np.dtype([("bfloat16", "<i2")])
 
 
@@ -115,22 +115,21 @@ def kind(x: Any) -> str:
 
 
 def as_numpy(x: Any, name: str, form: ResultForm | None = None, dtype: Any = None, keep_float16: bool = False,
-             keep_half: bool = False) -> np.ndarray:
+             keep_bfloat16: bool = False) -> np.ndarray:
     """A numpy view of `x` (a copy only where unavoidable: another device, half precision, a cast).
 
     `form` checks that a tensor sits on the caller's device; `dtype` casts when given. Half
-    precision becomes float32, except float16 with `keep_float16` (a mask, which the numba kernels
-    read as bits) and float16 and bfloat16 with `keep_half` (data the numba kernels decode):
-    bfloat16 tensors then come as their bits in `BFLOAT16_BITS`.
+    precision becomes float32, except float16 with `keep_float16` and bfloat16 tensors with
+    `keep_bfloat16`, which come as their bits in `BFLOAT16_BITS` (for the numba kernels, which
+    read both as bits).
     """
-    keep_float16 = keep_float16 or keep_half
     if is_tensor(x):
         import torch
 
         if form is not None and form.torch and x.device != form.device:
             raise ValueError(f"{name} is on {x.device} but rewards is on {form.device}; put them on one device")
         x = x.detach()
-        if x.dtype == torch.bfloat16 and keep_half:
+        if x.dtype == torch.bfloat16 and keep_bfloat16:
             return x.cpu().view(torch.int16).numpy().view(BFLOAT16_BITS)
         if x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and not keep_float16):
             x = x.float()

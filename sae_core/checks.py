@@ -32,7 +32,7 @@ def token_array(name: str, x: Any, form: ResultForm, shape: tuple | None, tensor
         arr = as_tensor(x, name, form, dtype=cast)
     else:
         score = half_bits and name in DATA and DATA[name].kind == "float"
-        arr = as_numpy(x, name, form, keep_float16=name == "response_mask", keep_half=score)
+        arr = as_numpy(x, name, form, keep_float16=score or name == "response_mask", keep_bfloat16=score)
         if cast is not None and arr.dtype not in (np.float32, np.float64):  # ints, bools
             arr = arr.astype(cast)
     if shape is not None and tuple(arr.shape) != shape:

@@ -115,8 +115,8 @@ def warmup(estimator: str = "sae", *, dtype: Any = "float32", mask_dtype: Any = 
     values_dtype = np.dtype(np.float64) if _numpy_dtype(dtype, "dtype") == np.float64 else np.dtype(np.float32)
     n, lengths = 16, np.array([8, 8], dtype=np.int64)
     half = _half(data_dtype)
-    if half == "bfloat16":  # -1.0 as bfloat16 bits, as `arrays.as_numpy(keep_half=True)` passes them
-        float_data = np.full(n, -16512, dtype=np.int16).view(BFLOAT16_BITS)
+    if half == "bfloat16":  # bfloat16 bits (of 0.0), as `arrays.as_numpy(keep_bfloat16=True)` passes them
+        float_data = np.zeros(n, dtype=np.int16).view(BFLOAT16_BITS)
     else:
         float_data = np.full(n, -1.0, dtype=np.float16 if half else
                              values_dtype if data_dtype is None else _numpy_dtype(data_dtype, "data_dtype"))

@@ -31,6 +31,8 @@ from numba import types
 from numba.core import event
 from numba.extending import intrinsic, overload
 
+from ..arrays import BFLOAT16_BITS
+
 log = logging.getLogger("sae_core")
 OURS = ("sae_core.kernels.",)  # modules whose kernels the notice covers
 uncached: list[str] = []  # kernels compiled without a disk cache (no writable directory)
@@ -99,9 +101,17 @@ event.register("numba:compile", NOTICE)
 
 
 # numba has no float16 or bfloat16 type: half-precision data reach the kernels as their bits, IEEE
-# float16 as uint16 and bfloat16 as int16 (`numba_scan.run` makes these views; nothing else reaches
-# the kernels in those dtypes, since integer data is cast to float64 before), and `real` decodes
-# them in registers, so the passes that read them still vectorise (a widening conversion per lane).
+# float16 as uint16 and bfloat16 as int16 (`half_bits` makes these views; nothing else reaches the
+# kernels in those dtypes, since integer data is cast to float64 before), and `real` decodes them
+# in registers, so the passes that read them still vectorise (a widening conversion per lane).
+
+
+def half_bits(x: np.ndarray) -> np.ndarray:
+    """The view of float data [N] that the kernels read: float16 as uint16 bits, bfloat16
+    (`arrays.BFLOAT16_BITS`) as int16 bits, any other dtype as it is."""
+    if x.dtype == np.float16:
+        return x.view(np.uint16)
+    return x.view(np.int16) if x.dtype == BFLOAT16_BITS else x
 
 
 @intrinsic

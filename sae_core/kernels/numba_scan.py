@@ -40,8 +40,7 @@ import numba as nb
 import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
-from ..arrays import BFLOAT16_BITS
-from .numba_compile import jit, real
+from .numba_compile import half_bits, jit, real
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
 CHUNK = 4096  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
@@ -425,9 +424,7 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
         factors = np.empty(n, dtype=np.float64)
         _lambda_factors(rows.lambdas, mask, keep, starts, lengths, spec.mask_mode == "zero", factors)
     if spec.boundary in ("logprob", "quantile", "entropy"):
-        score = rows.score
-        if score.dtype == np.float16 or score.dtype == BFLOAT16_BITS:  # as bits, decoded by `real`
-            score = score.view(np.uint16 if score.dtype == np.float16 else np.int16)
+        score = half_bits(rows.score)  # half precision as bits, decoded by `real`
         if spec.boundary == "logprob":
             cuts = np.full(n_rows, math.log(spec.threshold))
         elif spec.boundary == "entropy":
