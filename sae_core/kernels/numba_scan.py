@@ -147,22 +147,31 @@ def _emit(rewards, values, mask, keep, s, s2, zero, adv, ret):  # pragma: no cov
         ret[q] = r + critic_arriving if valid else masked_r
 
 
+# offsets of the scan buffer's rows in its flat form: e_0..e_3, f_0..f_3, s_0..s_3, ROW float64 apart
+_OFF = tuple(np.uint64(k * ROW) for k in range(3 * LANES))
+
+
 @jit(fastmath={"contract"})
-def _scan_lanes(e, f, s, first, s0, s1, s2, s3):  # pragma: no cover - compiled
+def _scan_lanes(buf, first, s0, s1, s2, s3):  # pragma: no cover - compiled
     """Pass 2: S_t = e_t + f_t * S_{t+1} for four lanes in lockstep, right to left over positions
-    [first, CHUNK) of the [LANES, CHUNK] buffers; s[j, p] gets the state arriving at p."""
-    e0, e1, e2, e3 = e[0], e[1], e[2], e[3]
-    f0, f1, f2, f3 = f[0], f[1], f[2], f[3]
-    o0, o1, o2, o3 = s[0], s[1], s[2], s[3]
-    for p in range(CHUNK - 1, first - 1, -1):
-        o0[p] = s0
-        s0 = e0[p] + f0[p] * s0
-        o1[p] = s1
-        s1 = e1[p] + f1[p] * s1
-        o2[p] = s2
-        s2 = e2[p] + f2[p] * s2
-        o3[p] = s3
-        s3 = e3[p] + f3[p] * s3
+    [first, CHUNK) of the flat [3 * LANES * ROW] float64 buffer `buf` (rows e_j, f_j, s_j at
+    `_OFF[j]`, `_OFF[LANES + j]`, `_OFF[2 * LANES + j]`); s_j[p] gets the state arriving at p.
+
+    One flat buffer with constant row offsets and an unsigned position: every access is one base
+    register plus a constant, and numba emits no negative-index wraparound. Twelve separate row
+    views plus a signed index ran out of registers (spills inside the loop) and took about 10%
+    longer over the whole kernel (docs/performance.md).
+    """
+    for k in range(CHUNK - first):
+        p = np.uint64(CHUNK - 1 - k)
+        buf[p + _OFF[8]] = s0
+        s0 = buf[p + _OFF[0]] + buf[p + _OFF[4]] * s0
+        buf[p + _OFF[9]] = s1
+        s1 = buf[p + _OFF[1]] + buf[p + _OFF[5]] * s1
+        buf[p + _OFF[10]] = s2
+        s2 = buf[p + _OFF[2]] + buf[p + _OFF[6]] * s2
+        buf[p + _OFF[11]] = s3
+        s3 = buf[p + _OFF[3]] + buf[p + _OFF[7]] * s3
     return s0, s1, s2, s3
 
 
@@ -179,7 +188,8 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
     n = lanes.shape[0]
     # one buffer, rows ROW apart: rows CHUNK apart (a power of two) would all map to the same L1 cache
     # set and evict each other on every step of the scan (3x slower)
-    buf = np.empty((6 * LANES if critic_f is not None else 3 * LANES, ROW))
+    flat = np.empty((6 * LANES if critic_f is not None else 3 * LANES) * ROW)  # _scan_lanes reads it flat
+    buf = flat.reshape(-1, ROW)
     e = buf[:LANES]
     f = buf[LANES:2 * LANES]
     s = buf[2 * LANES:3 * LANES]
@@ -248,9 +258,9 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             if k < w and zero is not None:
                 k = -1  # zero mode: padding outputs the arriving state, on the masked path
             dense[j] = k
-        a0, a1, a2, a3 = _scan_lanes(e, f, s, first, a0, a1, a2, a3)
+        a0, a1, a2, a3 = _scan_lanes(flat[:3 * LANES * ROW], first, a0, a1, a2, a3)
         if critic_f is not None:
-            c0, c1, c2, c3 = _scan_lanes(e2, f2, sc, first, c0, c1, c2, c3)
+            c0, c1, c2, c3 = _scan_lanes(flat[3 * LANES * ROW:], first, c0, c1, c2, c3)
         for j in range(n):
             w = width[j]
             if w == 0:
