@@ -60,7 +60,7 @@ _NO_CUTS = np.empty(0, dtype=np.float64)
 # booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3.
 
 
-@jit()
+@jit(fastmath={"contract"})  # e_t = gamma * V_t + f_t * u_t as one fused multiply-add (one rounding fewer)
 def _prepare(rewards, values, mask, keep, one, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
              bnd, e, f, e2, f2):  # pragma: no cover - compiled
     """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t,
