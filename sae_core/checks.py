@@ -86,9 +86,9 @@ def check_offsets(offsets: Any, n: int) -> np.ndarray:
 
 def columns(arrays: dict[str, Any], form: ResultForm, shape: tuple, tensors: bool,
             half_bits: bool = False) -> dict[str, Any]:
-    """Each given ([B, T] or [N]) per-token array, by name, as a checked, contiguous, flat [N] column."""
-    """Each given per-token array as a checked, contiguous, flat column (a view where possible):
-    numpy for the CPU backends, tensors on the caller's device for the torch backends."""
+    """Each given ([B, T] or [N]) per-token array, by name, as a checked, contiguous, flat [N] column
+    (a view where possible): numpy for the CPU backends, tensors on the caller's device for the
+    torch backends."""
     return {name: flat(token_array(name, x, form, shape, tensors, half_bits))
             for name, x in arrays.items() if x is not None}
 

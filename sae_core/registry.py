@@ -295,7 +295,8 @@ def make_spec(estimator: str, *, gamma: Any = 1.0, mask_mode: str = "skip", crit
     rule = boundary_rule(estimator, options)
     applicable = [o for o in ESTIMATORS[estimator].options if o != "boundary"]
     if rule is not None:  # only the chosen rule's option applies
-        applicable = [o for o in applicable if o not in rule_options() or o == RULES[rule].option]
+        rule_opts = rule_options()
+        applicable = [o for o in applicable if o not in rule_opts or o == RULES[rule].option]
     for name in applicable:
         value = options.get(name, OPTIONS[name].default)
         if value is not None:
@@ -331,8 +332,9 @@ def recorded_params(spec: EstimatorSpec) -> dict[str, Any]:
     "boundary": "logprob", "threshold": 0.2}."""
     out: dict[str, Any] = {"estimator": spec.estimator, "gamma": spec.gamma, "mask_mode": spec.mask_mode,
                            "critic_lam": spec.critic_lam}
+    rule_opts = rule_options()
     for name in ESTIMATORS[spec.estimator].options:
-        if name == "boundary" or (spec.boundary is not None and name in rule_options()):
+        if name == "boundary" or (spec.boundary is not None and name in rule_opts):
             continue
         out[name] = spec.option(name)
     if spec.boundary is not None:
