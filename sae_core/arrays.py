@@ -45,6 +45,10 @@ def result_form(rewards: Any, values: Any) -> ResultForm:
     Non-float inputs (int or bool rewards) promote to float64 for numpy and to torch's default float
     dtype for tensors.
     """
+    if type(rewards) is np.ndarray and type(values) is np.ndarray:  # the common case, worked out once per dtype pair
+        form = _NUMPY_FORMS.get((rewards.dtype, values.dtype))
+        if form is not None:
+            return form
     for name, x in (("rewards", rewards), ("values", values)):
         if x is None:
             raise ValueError(f"{name} is required; got None")
@@ -75,7 +79,13 @@ def result_form(rewards: Any, values: Any) -> ResultForm:
     compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
     if dtype.itemsize > 8:  # longdouble: computed in float64, returned as float64
         dtype = compute = np.dtype(np.float64)
-    return ResultForm(torch=False, compute_dtype=compute, out_dtype=dtype)
+    form = ResultForm(torch=False, compute_dtype=compute, out_dtype=dtype)
+    if type(rewards) is np.ndarray and type(values) is np.ndarray:
+        _NUMPY_FORMS[(rewards.dtype, values.dtype)] = form
+    return form
+
+
+_NUMPY_FORMS: dict[tuple[np.dtype, np.dtype], ResultForm] = {}  # result_form of numpy arrays, by their dtypes
 
 
 def torch_dtype(dtype: Any):

@@ -1,5 +1,7 @@
 """Array types, dtypes and devices go back as they came; options behave as documented."""
 
+import math
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -178,3 +180,78 @@ def test_estimator_is_required():
     r, v, m, _ = data()
     with pytest.raises(TypeError, match="estimator"):
         compute_advantages(r, v, m)
+
+
+def _outcome(fn, *args):
+    """fn(*args) as ("ok", spec, data names) or ("error", exception type, message)."""
+    try:
+        spec, data = fn(*args)
+    except (TypeError, ValueError) as err:
+        return "error", type(err), str(err)
+    return "ok", spec, tuple(data)
+
+
+# (estimator, gamma, mask_mode, critic_lam, options, names of the data given): values that are
+# equal as Python keys (1, 1.0, True; 0.0, -0.0; [3], (3,)) but not to the checks
+SPEC_CASES = [
+    ("sae", 1, "skip", None, {}, ("logprobs",)),
+    ("sae", 1.0, "skip", None, {}, ("logprobs",)),
+    ("sae", True, "skip", None, {}, ("logprobs",)),
+    ("sae", 0.0, "skip", None, {}, ("logprobs",)),
+    ("sae", -0.0, "skip", None, {}, ("logprobs",)),
+    ("sae", 1.0, "zero", 1, {"lam": 0.9}, ("logprobs",)),
+    ("sae", 1.0, "zero", True, {"lam": 0.9}, ("logprobs",)),
+    ("sae", 1.0, "skip", None, {"threshold": 0.5}, ("logprobs",)),
+    ("sae", 1.0, "skip", None, {"threshold": 2.0}, ("logprobs",)),
+    ("sae", 1.0, "skip", None, {}, ("logprobs", "given_boundaries")),
+    ("sae", 1.0, "skip", None, {}, ("given_boundaries",)),
+    ("sae", 1.0, "skip", None, {}, ()),
+    ("sae", 1.0, "skip", None, {"delimiter_ids": [3]}, ("response_ids",)),
+    ("sae", 1.0, "skip", None, {"delimiter_ids": (3,)}, ("response_ids",)),
+    ("sae", 1.0, "skip", None, {"delimiter_ids": [True]}, ("response_ids",)),
+    ("sae", 1.0, "skip", None, {"segment_length": 4}, ()),
+    ("sae", 1.0, "skip", None, {"segment_length": 4.0}, ()),
+    ("gae", 1.0, "skip", None, {"lam": 1}, ()),
+    ("gae", 1.0, "skip", None, {"threshold": 0.5}, ()),
+    ("gae", 1.0, "skip", None, {}, ("logprobs",)),
+    ("vapo", 0.99, "skip", None, {"alpha": 0.05}, ()),
+    ("mc", float("nan"), "skip", None, {}, ()),
+    ("nope", 1.0, "skip", None, {}, ()),
+    ("sae", 1.0, "both", None, {}, ("logprobs",)),
+    ("sae", np.float64(1.0), "skip", None, {}, ("logprobs",)),
+    ("sae", torch.tensor(0.5), "skip", None, {}, ("logprobs",)),
+]
+
+
+def test_remembered_specs_give_the_outcome_every_check_gives():
+    """api._spec_and_data remembers checked specs by their arguments: with the memo full of every
+    case (each called twice, in two orders), each call still gives exactly what the checks give
+    afresh (the same spec, or the same error), whatever was seen before."""
+    from sae_core import api
+
+    names = ("logprobs", "response_ids", "entropy", "given_boundaries")
+    marker = np.zeros((1, 1))
+
+    def args(case):
+        estimator, gamma, mask_mode, critic_lam, options, given = case
+        return estimator, gamma, mask_mode, critic_lam, dict(options), {n: marker if n in given else None for n in names}
+
+    api._SPECS.clear()
+    for cases in (SPEC_CASES, SPEC_CASES[::-1], SPEC_CASES):
+        for case in cases:
+            fresh = _outcome(api._checked_spec_and_data, *args(case))
+            got = _outcome(api._spec_and_data, *args(case))
+            assert got == fresh, case
+            if got[0] == "ok":  # 0.0 == -0.0 in the comparison above; the sign must be kept too
+                assert math.copysign(1.0, got[1].gamma) == math.copysign(1.0, float(case[1])), case
+    assert 0 < len(api._SPECS) < len(SPEC_CASES)  # some cases were remembered, the refused and non-plain ones not
+    assert _outcome(api._spec_and_data, *args(SPEC_CASES[0]))[0] == "ok"
+
+
+def test_the_spec_memo_is_bounded():
+    from sae_core import api
+
+    api._SPECS.clear()
+    for k in range(api._SPECS_MAX + 10):
+        api._spec_and_data("gae", 1.0, "skip", None, {"lam": k / (api._SPECS_MAX + 10)}, {})
+        assert len(api._SPECS) <= api._SPECS_MAX

@@ -109,9 +109,11 @@ event.register("numba:compile", NOTICE)
 def half_bits(x: np.ndarray) -> np.ndarray:
     """The view of float data [N] that the kernels read: float16 as uint16 bits, bfloat16
     (`arrays.BFLOAT16_BITS`) as int16 bits, any other dtype as it is."""
-    if x.dtype == np.float16:
-        return x.view(np.uint16)
-    return x.view(np.int16) if x.dtype == BFLOAT16_BITS else x
+    view = _HALF_VIEWS.get(x.dtype)
+    return x if view is None else x.view(view)
+
+
+_HALF_VIEWS = {np.dtype(np.float16): np.dtype(np.uint16), BFLOAT16_BITS: np.dtype(np.int16)}
 
 
 @intrinsic

@@ -401,14 +401,29 @@ def mask_bits(mask: np.ndarray | None) -> tuple[np.ndarray | None, np.unsignedin
     """
     if mask is None:
         return None, np.uint8(0xFF), np.uint8(1)
-    size = mask.dtype.itemsize
-    if mask.dtype.kind not in "biuf" or size not in (1, 2, 4, 8) or not mask.dtype.isnative:
-        return np.where((mask == 0) | (mask == 1), mask != 0, 2).astype(np.uint8), np.uint8(0xFF), np.uint8(1)
+    how = _MASK_VIEWS.get(mask.dtype)
+    if how is None:
+        how = _MASK_VIEWS[mask.dtype] = _mask_view(mask.dtype)
+    unsigned, keep, one = how
+    if unsigned is None:
+        return np.where((mask == 0) | (mask == 1), mask != 0, 2).astype(np.uint8), keep, one
+    return mask.view(unsigned), keep, one
+
+
+_MASK_VIEWS: dict[np.dtype, tuple] = {}  # mask dtype -> `_mask_view`'s answer, worked out once per dtype
+
+
+def _mask_view(dtype: np.dtype) -> tuple:
+    """(unsigned dtype to view a mask of `dtype` as, keep, one) for `mask_bits`; unsigned None: the
+    mask is turned into 0/1 bytes (2 for an entry that is neither), read with keep 0xFF and one 1."""
+    size = dtype.itemsize
+    if dtype.kind not in "biuf" or size not in (1, 2, 4, 8) or not dtype.isnative:
+        return None, np.uint8(0xFF), np.uint8(1)
     unsigned = np.dtype(f"u{size}")
     ones = (1 << (8 * size)) - 1
-    if mask.dtype.kind == "f":
-        return mask.view(unsigned), unsigned.type(ones >> 1), np.ones(1, dtype=mask.dtype).view(unsigned)[0]
-    return mask.view(unsigned), unsigned.type(ones), unsigned.type(1)
+    if dtype.kind == "f":
+        return unsigned, unsigned.type(ones >> 1), np.ones(1, dtype=dtype).view(unsigned)[0]
+    return unsigned, unsigned.type(ones), unsigned.type(1)
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
