@@ -155,6 +155,34 @@ def test_scan_is_safe_in_float32_where_rescaling_tricks_fail():
     np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 5, 64, 65, 200, 8192, 9000])
+def test_short_cpu_scans_run_as_a_loop_and_agree_with_the_doubling(n, monkeypatch):
+    """Columns of at most SEQUENTIAL_MAX tokens (the chunk totals' last level, or a whole short
+    batch) scan as a Python loop on the CPU: the same numbers as a float64 loop, and as the
+    doubling (SEQUENTIAL_MAX = 0) within float32 rounding, with inf and NaN in the same places."""
+    rng = np.random.default_rng(n)
+    f = torch.tensor(rng.choice([0.0, 0.95, 1.0, 0.5], size=n), dtype=torch.float32)
+    e = torch.tensor(rng.normal(size=n), dtype=torch.float32)
+    if n >= 200:
+        e[n // 2] = float("inf")  # reaches back to the last f = 0 before it, NaN where inf * 0 meets it
+    expected = np.zeros(n)
+    acc = 0.0
+    for t in range(n - 1, -1, -1):
+        acc = float(e[t]) + float(f[t]) * acc
+        expected[t] = acc
+    loop = torch_scan.reverse_affine_scan(f.clone(), e.clone())
+    monkeypatch.setattr(torch_scan, "SEQUENTIAL_MAX", 0)
+    doubling = torch_scan.reverse_affine_scan(f.clone(), e.clone())
+    for got in (loop, doubling):
+        assert got.dtype == torch.float32 and got.shape == (n,)
+        np.testing.assert_array_equal(np.isfinite(got.numpy()), np.isfinite(expected))
+        np.testing.assert_array_equal(np.isnan(got.numpy()), np.isnan(expected))
+        ok = np.isfinite(expected)
+        np.testing.assert_allclose(got.numpy()[ok], expected[ok], rtol=1e-5, atol=1e-5)
+    if n <= 64:  # the loop itself: float64 arithmetic, rounded once
+        np.testing.assert_array_equal(loop.numpy(), expected.astype(np.float32))
+
+
 @pytest.mark.parametrize("backend", ["torch", *TRITON])
 def test_outputs_on_the_input_device_without_autograd(backend):
     rng = np.random.default_rng(0)

@@ -18,7 +18,9 @@ The schedule (mask checks, boundaries, per-row lambdas, the caller's factors c_t
 The scan (`reverse_affine_scan`) is a log-depth doubling over pairs (f, e) inside chunks of
 `CHUNK` tokens, the same scan over the chunks' totals (recursively), then one fix-up: no Python
 loop over T. It only multiplies and adds, with no division, logarithm or (gamma * lambda)^-t
-rescaling, so no length can make it overflow: products of f only shrink towards 0.
+rescaling, so no length can make it overflow: products of f only shrink towards 0. On the CPU a
+column of at most SEQUENTIAL_MAX tokens (the totals' last level, in practice) is one Python loop
+in float64 instead (`_sequential_scan`): there a dozen tensor ops cost more than the loop.
 
 Precision. The reference and numba backends compute in float64. This one computes in float32
 when the caller's dtype is float32 or narrower and float32 is provably close enough, else in
@@ -53,6 +55,7 @@ from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
 from .torch_schedule import Schedule, any_true, diagnose, first_per_row, part, schedule, span
 
 CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
+SEQUENTIAL_MAX = 64  # a CPU scan this short (the totals' last level) runs as a Python loop: `_sequential_scan`
 F32_MAX_FACTOR = 0.98  # the largest factor f = gamma * lambda (other than 1) scanned in float32
 
 
@@ -68,6 +71,8 @@ def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, em
     n = f.shape[0]
     if n == 0:
         return e.clone()
+    if n <= SEQUENTIAL_MAX and f.device.type == "cpu":
+        return _sequential_scan(f, e)
     m = -(-n // chunk)
     pad = m * chunk - n
     if pad:  # identity steps after the end
@@ -94,6 +99,20 @@ def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, em
         incoming = torch.cat([totals[1:], totals.new_zeros(1)])
         E.addcmul_(F, incoming[:, None])
     return E.reshape(-1)[:n]
+
+
+def _sequential_scan(f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """`reverse_affine_scan` of a short CPU column as a Python loop over Python floats (float64),
+    rounded to e's dtype once at the end: the chunk totals' last level (at most SEQUENTIAL_MAX),
+    where a dozen tensor ops of ~8 us each cost more than the loop (docs/performance.md). An inf or
+    NaN propagates as in the tensor ops (inf * 0 is NaN)."""
+    fs, es = f.tolist(), e.tolist()
+    out = [0.0] * len(es)
+    s = 0.0
+    for t in range(len(es) - 1, -1, -1):
+        s = es[t] + fs[t] * s
+        out[t] = s
+    return torch.tensor(out, dtype=e.dtype)
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
