@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import checks, kernels, registry
-from .arrays import astype, flat, is_tensor, result_form, to_caller
+from .arrays import BFLOAT16_BITS, astype, flat, is_tensor, result_form, to_caller
 from .types import GIVEN_LAMBDAS, Advantages, EstimatorSpec
 
 
@@ -88,6 +88,10 @@ def compute_advantages(
     spec, data = _spec_and_data(estimator, gamma, mask_mode, critic_lam, options,
                                 {"logprobs": logprobs, "response_ids": response_ids, "entropy": entropy,
                                  "given_boundaries": given_boundaries})
+    if backend in ("auto", "numba"):
+        out = _fast_padded(spec, data, rewards, values, response_mask)
+        if out is not None:
+            return out
     return _compute(spec, data, _padded_layout, rewards, values, response_mask, backend)
 
 
@@ -253,6 +257,89 @@ def _checked_spec_and_data(estimator, gamma, mask_mode, critic_lam, options, giv
                              f"{name}=[B, T] {d.kind}, {d.help}")
         data[name] = given[name]
     return spec, data
+
+
+_PLANS: dict[tuple, Any] = {}  # numba_scan.Plan by (spec, B, T), for `_fast_padded`
+_PLANS_MAX = 64
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_MASKS = frozenset(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32,
+                                          np.uint64, np.int64, np.float16, np.float32, np.float64))
+_SCORES = frozenset((np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), BFLOAT16_BITS))
+
+
+def _fast_padded(spec: EstimatorSpec, data: dict, rewards, values, response_mask) -> Advantages | None:
+    """`compute_advantages` on the numba backend for what a training step passes, or None for the
+    general path (`_compute`) to take it.
+
+    The common case: numpy arrays or CPU tensors, [B, T] and C-contiguous, float32 or float64
+    rewards and values, a mask of any width the kernel reads (or None), float log-probs or entropy
+    for the rule, and a spec whose scan arguments do not depend on the data (`numba_scan.Plan`:
+    gae, mc, sae with the logprob or entropy rule). Everything the general path checks per call
+    depends, for these, on the arguments' types, dtypes and shapes alone, which this checks; the
+    data (a non-finite value on a valid token, a mask entry other than 0 or 1) the kernel checks,
+    as there. When any row's final state is not finite, this gives up (None) and the general path
+    scans again and raises its error. The scan is the same call with the same arguments, so the
+    results are the general path's to the bit (`tests/test_api.py`); what it saves is the general
+    path's Python, about 30 us a call, and 150-200 us right after a large kernel or copy, when
+    Python's own code and data have left the caches (docs/performance.md).
+    """
+    r, v = _cpu_view(rewards), _cpu_view(values)
+    if r is None or v is None or r.ndim != 2 or v.shape != r.shape or r.size == 0 \
+            or r.dtype not in _FLOATS or v.dtype not in _FLOATS or is_tensor(rewards) != is_tensor(values):
+        return None
+    m = None
+    if response_mask is not None:
+        m = _cpu_view(response_mask)
+        if m is None or m.shape != r.shape or m.dtype not in _MASKS:
+            return None
+    score = None
+    if spec.boundary is not None:
+        score = _cpu_view(data.get(registry.score_data(spec) or "", None))
+        if score is None or score.shape != r.shape or score.dtype not in _SCORES:
+            return None
+    from .kernels import numba_compile, numba_scan
+
+    key = (spec, r.shape)
+    plan = _PLANS.get(key)
+    if plan is None:
+        B, T = r.shape
+        plan = numba_scan.Plan(spec, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    if not plan.reusable:
+        return None
+    mask, keep, one = numba_scan.mask_bits(None if m is None else m.reshape(-1))
+    compute = _FLOATS[1] if _FLOATS[1] in (r.dtype, v.dtype) else _FLOATS[0]
+    adv, ret, bnd, final = plan.scan(r.reshape(-1), v.reshape(-1), mask, keep, one,
+                                     None if score is None else numba_compile.half_bits(score.reshape(-1)), compute)
+    if not np.isfinite(final).all():
+        return None
+    shape = r.shape
+    adv, ret, bnd = adv.reshape(shape), ret.reshape(shape), bnd.reshape(shape)
+    if is_tensor(rewards):
+        import torch
+
+        adv, ret, bnd = torch.from_numpy(adv), torch.from_numpy(ret), torch.from_numpy(bnd)
+    return Advantages(adv, ret, bnd)
+
+
+def _cpu_view(x) -> np.ndarray | None:
+    """A numpy view of a C-contiguous numpy array or CPU tensor (bfloat16 as `BFLOAT16_BITS`), or
+    None for anything else (`_fast_padded` leaves those to the general path)."""
+    if type(x) is np.ndarray:
+        return x if x.flags.c_contiguous else None
+    if not is_tensor(x) or x.device.type != "cpu" or not x.is_contiguous():
+        return None
+    import torch
+
+    x = x.detach()
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(BFLOAT16_BITS)
+    if x.dtype.is_complex or x.dtype.itemsize > 8 or x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        return None  # what numpy cannot view, or (unsigned wider than a byte) what the general path refuses
+    return x.numpy() if x.dtype.is_floating_point or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
+                                                                   torch.int32, torch.int64) else None
 
 
 def _padded_layout(r) -> tuple[np.ndarray, np.ndarray]:

@@ -255,3 +255,161 @@ def test_the_spec_memo_is_bounded():
     for k in range(api._SPECS_MAX + 10):
         api._spec_and_data("gae", 1.0, "skip", None, {"lam": k / (api._SPECS_MAX + 10)}, {})
         assert len(api._SPECS) <= api._SPECS_MAX
+
+
+GIVEN_NAMES = ("logprobs", "response_ids", "entropy", "given_boundaries")
+
+
+def _general(r, v, mask, backend="auto", estimator="sae", **kw):
+    """compute_advantages through the general path only (api._compute), for comparison."""
+    from sae_core import api
+
+    given = {name: kw.pop(name, None) for name in GIVEN_NAMES}
+    spec, data = api._checked_spec_and_data(estimator, kw.pop("gamma", 1.0), kw.pop("mask_mode", "skip"),
+                                            kw.pop("critic_lam", None), kw, given)
+    return api._compute(spec, data, api._padded_layout, r, v, mask, backend)
+
+
+def _count_general(monkeypatch):
+    from sae_core import api
+
+    calls = []
+    real = api._compute
+    monkeypatch.setattr(api, "_compute", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def _same(a, b):
+    for x, y in zip(a, b):
+        assert type(x) is type(y) and x.dtype == y.dtype and tuple(x.shape) == tuple(y.shape)
+        xs = x.numpy() if hasattr(x, "numpy") else x
+        ys = y.numpy() if hasattr(y, "numpy") else y
+        np.testing.assert_array_equal(xs, ys)
+
+
+FAST_CASES = [  # (rewards dtype, values dtype, mask dtype or None, estimator kwargs, score dtype)
+    ("float32", "float32", "int64", {}, "float32"),
+    ("float32", "float32", "bool", {"mask_mode": "zero"}, "float32"),
+    ("float64", "float64", "float32", {"critic_lam": 1.0}, "float64"),
+    ("float32", "float64", "uint8", {"threshold": 0.5, "lam": 0.9}, "float16"),
+    ("float32", "float32", None, {"gamma": 0.99}, "float32"),
+    ("float32", "float32", "float16", {"boundary": "entropy", "entropy_threshold": 0.5}, "float32"),
+    ("float32", "float32", "int32", {"estimator": "gae", "lam": 0.97}, None),
+    ("float64", "float32", "int8", {"estimator": "mc", "mask_mode": "zero"}, None),
+]
+
+
+@pytest.mark.parametrize("tensors", [False, True])
+@pytest.mark.parametrize("rdt, vdt, mdt, kw, sdt", FAST_CASES)
+def test_the_fast_path_gives_the_general_paths_results_to_the_bit(tensors, rdt, vdt, mdt, kw, sdt, monkeypatch):
+    """compute_advantages takes `api._fast_padded` for the numba backend on contiguous CPU arrays
+    (the general path is not called) and returns exactly what the general path returns: the same
+    array types, dtypes, shapes and bits, for numpy arrays and CPU tensors (bfloat16 log-probs too)."""
+    from sae_core.kernels import numba_scan
+
+    B, T = 5, numba_scan.CHUNK + 77  # rows across a chunk edge
+    rng = np.random.default_rng(7)
+    mask = np.arange(T)[None, :] < rng.integers(1, T + 1, size=(B, 1))
+    mask[2, 10:20] = False  # an interior gap
+    r = rng.normal(size=(B, T)).astype(rdt)
+    v = rng.normal(size=(B, T)).astype(vdt)
+    score = (-rng.exponential(size=(B, T))).astype(sdt or "float32")
+    kw = dict(kw)
+    estimator = kw.pop("estimator", "sae")
+    if kw.get("boundary") == "entropy":
+        kw["entropy"] = -score
+    elif estimator == "sae":
+        kw["logprobs"] = score
+    m = None if mdt is None else mask.astype(mdt)
+    args = [r, v, m]
+    if tensors:
+        args = [None if x is None else torch.from_numpy(x) for x in args]
+        kw = {k: torch.from_numpy(x) if isinstance(x, np.ndarray) else x for k, x in kw.items()}
+        if sdt == "float32" and "logprobs" in kw:
+            kw["logprobs"] = kw["logprobs"].bfloat16()  # veRL's layout
+    expected = _general(*args, estimator=estimator, **dict(kw))
+    calls = _count_general(monkeypatch)
+    got = compute_advantages(*args, estimator=estimator, **kw)
+    assert not calls
+    _same(got, expected)
+
+
+def _fast_case():
+    rng = np.random.default_rng(3)
+    r = rng.normal(size=(4, 50)).astype(np.float32)
+    v = rng.normal(size=(4, 50)).astype(np.float32)
+    mask = np.ones((4, 50), dtype=np.int64)
+    mask[:, 40:] = 0
+    lp = (-rng.exponential(size=(4, 50))).astype(np.float32)
+    return r, v, mask, lp
+
+
+@pytest.mark.parametrize("change", ["fortran rewards", "strided mask", "int rewards", "bfloat16 values", "vapo",
+                                    "quantile", "given", "reference backend", "torch backend", "1-D", "empty",
+                                    "big-endian mask", "mixed array types", "int64 log-probs"])
+def test_everything_else_goes_the_general_way(change, monkeypatch):
+    """What `_fast_padded` does not take goes to the general path (called once), with its results."""
+    r, v, mask, lp = _fast_case()
+    kw = {"estimator": "sae", "logprobs": lp}
+    if change == "fortran rewards":
+        r = np.asfortranarray(r)
+    elif change == "strided mask":
+        mask = np.repeat(mask, 2, axis=1)[:, ::2]
+    elif change == "int rewards":
+        r = np.round(r).astype(np.int64)
+    elif change == "bfloat16 values":
+        r, v, mask = torch.from_numpy(r).bfloat16(), torch.from_numpy(v).bfloat16(), torch.from_numpy(mask)
+    elif change == "vapo":
+        kw = {"estimator": "vapo"}
+    elif change == "quantile":
+        kw["quantile"] = 0.1
+    elif change == "given":
+        kw = {"estimator": "sae", "given_boundaries": lp < -1}
+    elif change in ("reference backend", "torch backend"):
+        kw["backend"] = change.split()[0]
+    elif change == "1-D":
+        r, v, mask, kw["logprobs"] = r[0], v[0], mask[0], lp[0]
+    elif change == "empty":
+        r, v, mask, lp = r[:0], v[:0], mask[:0], lp[:0]
+        kw["logprobs"] = lp
+    elif change == "big-endian mask":
+        mask = mask.astype(">i8")
+    elif change == "mixed array types":
+        v = torch.from_numpy(v)
+    elif change == "int64 log-probs":
+        kw["logprobs"] = np.round(lp).astype(np.int64)
+    calls = _count_general(monkeypatch)
+    refusals = {"mixed array types": "numpy arrays or both torch tensors", "1-D": "must be 2-D"}
+    if change in refusals:
+        with pytest.raises(ValueError, match=refusals[change]):
+            compute_advantages(r, v, mask, **kw)
+    else:
+        compute_advantages(r, v, mask, **kw)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("bad", ["nan reward", "inf value", "mask 2", "nan log-prob", "overflow"])
+def test_bad_data_on_the_fast_path_gets_the_general_paths_error(bad, monkeypatch):
+    """The kernel finds bad data on the fast path; the general path then scans again and raises
+    its error, naming the argument, row and token, and no input changes."""
+    r, v, mask, lp = _fast_case()
+    if bad == "nan reward":
+        r[2, 7] = np.nan
+    elif bad == "inf value":
+        v[1, 39] = np.inf
+    elif bad == "mask 2":
+        mask[3, 5] = 2
+    elif bad == "nan log-prob":
+        lp[0, 0] = np.nan
+    else:
+        r, v = r.astype(np.float64), v.astype(np.float64)
+        r[:, 30:40] = 1e308
+    before = [x.copy() for x in (r, v, mask, lp)]
+    with pytest.raises(ValueError) as general:
+        _general(r, v, mask, logprobs=lp)
+    calls = _count_general(monkeypatch)
+    with pytest.raises(ValueError) as fast:
+        compute_advantages(r, v, mask, estimator="sae", logprobs=lp)
+    assert str(fast.value) == str(general.value) and len(calls) == 1
+    for x, y in zip(before, (r, v, mask, lp)):
+        np.testing.assert_array_equal(x, y)

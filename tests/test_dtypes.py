@@ -7,7 +7,6 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from helpers import tolerance
 from sae_core import compute_advantages
-from sae_core.arrays import BFLOAT16_BITS
 from sae_core.kernels import numba_scan
 
 MASK_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
@@ -163,6 +162,20 @@ def test_mixed_float_dtypes(r_dtype, v_dtype, lp_dtype):
     same(out, ref, expected)
 
 
+def _spy_on_the_scan(monkeypatch) -> dict:
+    """The flat columns the numba scan gets (`numba_scan.Plan.scan`, which the API's fast path and
+    `numba_scan.run` both call), by name, once compute_advantages has run."""
+    seen = {}
+    real = numba_scan.Plan.scan
+
+    def spy(self, rewards, values, mask, keep, one, score, *args, **kw):
+        seen.update(rewards=rewards, values=values, mask=mask, score=score)
+        return real(self, rewards, values, mask, keep, one, score, *args, **kw)
+
+    monkeypatch.setattr(numba_scan.Plan, "scan", spy)
+    return seen
+
+
 @pytest.mark.parametrize("half", ["bfloat16", "float16"])
 def test_half_precision_logprobs_from_torch(half, monkeypatch):
     """veRL's layout: int64 mask, float32 values and rewards, bfloat16 (or float16) log-probs. They
@@ -171,22 +184,14 @@ def test_half_precision_logprobs_from_torch(half, monkeypatch):
     r, v, mask, lp = batch(6)
     tr, tv = torch.from_numpy(r).float(), torch.from_numpy(v).float()
     tl = torch.from_numpy(lp).to(getattr(torch, half))
-    seen = {}
-    real = numba_scan.run
-
-    def spy(spec, rows, compute_dtype):
-        seen["logprobs"] = rows.logprobs
-        return real(spec, rows, compute_dtype)
-
-    spy.reads_half_bits = getattr(real, "reads_half_bits", False)  # what the API asks the backend
-    monkeypatch.setattr(numba_scan, "run", spy)
+    seen = _spy_on_the_scan(monkeypatch)
     ref = compute_advantages(tr.double().numpy(), tv.double().numpy(), mask, estimator="sae",
                              logprobs=tl.double().numpy(), backend="reference")
     out = compute_advantages(tr, tv, torch.from_numpy(mask).long(), estimator="sae", logprobs=tl, backend="numba")
     assert out.advantages.dtype == torch.float32
     same(type(ref)(*(x.numpy() for x in out)), ref, np.float32)
-    assert seen["logprobs"].dtype == (BFLOAT16_BITS if half == "bfloat16" else np.float16)
-    assert np.shares_memory(seen["logprobs"], tl.view(torch.int16).numpy())
+    assert seen["score"].dtype == (np.int16 if half == "bfloat16" else np.uint16)  # the bits `real` decodes
+    assert np.shares_memory(seen["score"], tl.view(torch.int16).numpy())
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
@@ -205,17 +210,11 @@ def test_the_numba_kernel_gets_the_callers_arrays_not_copies(monkeypatch):
     views of the caller's memory in their own dtypes: no conversion pass before the scan."""
     r, v, mask, lp = batch(7)
     r64, v32, lp32, m16 = r.astype(np.float64), v.astype(np.float32), lp.astype(np.float32), mask.astype(np.float16)
-    seen = {}
-    real = numba_scan.run
-
-    def spy(spec, rows, compute_dtype):
-        seen.update(rewards=rows.rewards, values=rows.values, mask=rows.mask, logprobs=rows.logprobs)
-        return real(spec, rows, compute_dtype)
-
-    monkeypatch.setattr(numba_scan, "run", spy)
+    seen = _spy_on_the_scan(monkeypatch)
     out = compute_advantages(r64, v32, m16, estimator="sae", logprobs=lp32, backend="numba")
-    for name, given in (("rewards", r64), ("values", v32), ("mask", m16), ("logprobs", lp32)):
-        assert seen[name].dtype == given.dtype, name
+    for name, given in (("rewards", r64), ("values", v32), ("mask", m16), ("score", lp32)):
+        # the mask as unsigned integers of its width (`mask_bits`), the rest in their own dtypes
+        assert seen[name].dtype == (np.uint16 if name == "mask" else given.dtype), name
         assert np.shares_memory(seen[name], given), name
     ref = compute_advantages(r64, v32.astype(np.float64), mask, estimator="sae", logprobs=lp32.astype(np.float64),
                              backend="reference")

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
 from .numba_compile import half_bits, jit, real
+from .numba_rules import delimiter_boundaries, fixed_boundaries, lambda_factors, row_quantiles, valid_counts
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
 CHUNK = 4096  # tokens per lane per pass: large enough to amortise the per-chunk calls, small enough for L2
@@ -315,80 +316,6 @@ def _diagnose(rewards, values, mask, keep, one, score, start, length, out):  # p
         out[_P_OVERFLOW] = 0
 
 
-@jit(parallel=True)
-def _valid_counts(mask, keep, starts, lengths, out):  # pragma: no cover - compiled
-    for i in nb.prange(starts.shape[0]):
-        n = 0
-        for t in range(starts[i], starts[i] + lengths[i]):
-            n += (mask[t] & keep) != 0
-        out[i] = n
-
-
-@jit(parallel=True)
-def _row_quantiles(score, mask, keep, starts, lengths, q, out):  # pragma: no cover - compiled
-    """Per row: numpy's linear-method q-quantile of the valid scores (-inf for an empty row)."""
-    for i in nb.prange(starts.shape[0]):
-        buf = np.empty(lengths[i], dtype=np.float64)
-        n = 0
-        for t in range(starts[i], starts[i] + lengths[i]):
-            if mask is None or (mask[t] & keep) != 0:
-                buf[n] = real(score[t])
-                n += 1
-        if n == 0:
-            out[i] = -np.inf
-            continue
-        kept = np.sort(buf[:n])
-        pos = (n - 1) * q
-        below = min(int(math.floor(pos)), n - 1)
-        above = min(below + 1, n - 1)
-        g = pos - below
-        diff = kept[above] - kept[below]
-        # numpy's _lerp, including its switch of formula at g >= 0.5, so ties match it exactly
-        out[i] = kept[above] - diff * (1.0 - g) if g >= 0.5 else kept[below] + diff * g
-
-
-@jit(parallel=True)
-def _fixed_boundaries(mask, keep, starts, lengths, period, out):  # pragma: no cover - compiled
-    """The k-th valid token of each row (k from 0) is a boundary when k % period == 0."""
-    for i in nb.prange(starts.shape[0]):
-        k = 0
-        for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or (mask[t] & keep) != 0
-            out[t] = valid and k % period == 0
-            k += valid
-
-
-@jit(parallel=True)
-def _delimiter_boundaries(ids, mask, keep, starts, lengths, delimiters, out):  # pragma: no cover - compiled
-    """A valid token is a boundary when the valid token before it is one of `delimiters`."""
-    for i in nb.prange(starts.shape[0]):
-        after = False
-        for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or (mask[t] & keep) != 0
-            out[t] = valid and after
-            if valid:
-                after = False
-                for d in delimiters:
-                    if ids[t] == d:
-                        after = True
-
-
-@jit(parallel=True)
-def _lambda_factors(lambdas, mask, keep, starts, lengths, zero, out):  # pragma: no cover - compiled
-    """out[p] = c_p for the caller's lambdas (`schedules.affine_factors`): the lambda_t of the
-    position t that p is next of, 1 for a masked t in zero mode (masked lambdas are never read as
-    numbers), 0 at each row's first position that takes part, 1 at skip-mode masked positions."""
-    for i in nb.prange(starts.shape[0]):
-        previous = 0.0  # the lambda of the last position that took part, 0 before the first
-        for t in range(starts[i], starts[i] + lengths[i]):
-            valid = mask is None or (mask[t] & keep) != 0
-            if valid or zero:
-                out[t] = previous
-                previous = np.float64(lambdas[t]) if valid else 1.0
-            else:
-                out[t] = 1.0
-
-
 def mask_bits(mask: np.ndarray | None) -> tuple[np.ndarray | None, np.unsignedinteger, np.unsignedinteger]:
     """(bits, keep, one): how the kernels read a flat mask of any dtype in place, without a pass over it.
 
@@ -426,6 +353,55 @@ def _mask_view(dtype: np.dtype) -> tuple:
     return unsigned, unsigned.type(ones), unsigned.type(1)
 
 
+class Plan:
+    """What `_scan` takes besides the data, for one spec and row layout: the row order, each row's
+    lambda and cut, and the flags. `Plan(spec, starts, lengths)` works these out once; `run` makes
+    one per call, and the API keeps them for padded batches it sees again (`api._fast_padded`).
+
+    starts, lengths: [B] int64, row i is tokens [starts[i], starts[i] + lengths[i]) of the flat
+    columns. `reusable`: whether nothing here depends on the data, only on the spec and the layout
+    (gae, mc, and sae with the logprob or entropy rule, or none); for vapo (valid counts), the
+    quantile rule (each row's quantile) and the rules with boundaries of their own, `run` fills in
+    lam_rows, cuts, given and factors from the data."""
+
+    def __init__(self, spec: EstimatorSpec, starts: np.ndarray, lengths: np.ndarray):
+        n_rows = starts.shape[0]
+        self.spec, self.starts, self.lengths = spec, starts, lengths
+        # the rules whose cuts are constants (or no rule): nothing below depends on the data
+        self.reusable = spec.estimator in ("gae", "mc", "sae") and spec.boundary in (None, "logprob", "entropy")
+        self.lam_rows = np.full(n_rows, spec.lam if spec.estimator in ("gae", "sae") else 1.0)
+        self.score_sign, self.cuts = 1.0, _NO_CUTS
+        if spec.boundary == "logprob":
+            self.cuts = np.full(n_rows, math.log(spec.threshold))
+        elif spec.boundary == "entropy":
+            self.score_sign = -1.0  # entropy > h  <=>  -entropy < -h
+            self.cuts = np.full(n_rows, -spec.entropy_threshold)
+        # rows of similar length share a lockstep scan; padded rows are all alike, so keep them in order
+        uniform = n_rows == 0 or lengths.min() == lengths.max()
+        self.order = np.arange(n_rows, dtype=np.int64) if uniform else \
+            np.argsort(lengths, kind="stable").astype(np.int64)
+        self.critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
+        self.zero = True if spec.mask_mode == "zero" else None
+
+    def scan(self, rewards, values, mask, keep, one, score, compute_dtype, given=None, factors=None, lam_rows=None,
+             cuts=None):
+        """(advantages [N], returns [N] in `compute_dtype`, boundaries [N] bool, final [B] float64): the
+        scan of flat columns rewards, values [N] (float32 or float64), mask [N] as `mask_bits` gives it
+        (with keep and one) or None, score [N] (`half_bits`) or None; given [N] bool, factors [N]
+        float64, lam_rows [B] and cuts [B] when the data decides them (`run`). final[i] is not finite
+        when row i has a bad token or overflowed (`run` finds which)."""
+        n = rewards.shape[0]
+        adv = np.empty(n, dtype=compute_dtype)
+        ret = np.empty(n, dtype=compute_dtype)
+        # a rule's boundaries are written at every token; without a rule, nowhere
+        bnd = np.empty(n, dtype=np.bool_) if score is not None or given is not None else np.zeros(n, dtype=np.bool_)
+        final = np.zeros(self.starts.shape[0], dtype=np.float64)
+        _scan(self.order, rewards, values, mask, keep, one, score, self.score_sign,
+              self.cuts if cuts is None else cuts, given, factors, self.lam_rows if lam_rows is None else lam_rows,
+              self.spec.gamma, self.critic_f, self.zero, self.starts, self.lengths, adv, ret, bnd, final)
+        return adv, ret, bnd, final
+
+
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     """Scan every row of `rows`; same contract as `reference.run`. Log-probs or entropy may also be
     float16 or bfloat16 bits (`arrays.BFLOAT16_BITS`): `reads_half_bits`."""
@@ -434,53 +410,35 @@ def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
     starts, lengths = rows.starts, rows.lengths
     problems = np.full((n_rows, len(PROBLEM_COLUMNS)), -1, dtype=np.int64)
     mask, keep, one = mask_bits(rows.mask)  # checked for 0/1 as the scan reads it
+    plan = Plan(spec, starts, lengths)
 
-    lam_rows = np.full(n_rows, spec.lam if spec.estimator in ("gae", "sae") else 1.0)
+    lam_rows = cuts = score = given = factors = None
     if spec.estimator == "vapo":
         counts = lengths.copy()
         if mask is not None:
-            _valid_counts(mask, keep, starts, lengths, counts)
+            valid_counts(mask, keep, starts, lengths, counts)
         with np.errstate(divide="ignore", over="ignore"):  # an empty row or a tiny alpha: lambda 0
             lam_rows = np.clip(1.0 - 1.0 / (spec.alpha * counts), 0.0, 1.0)
-
-    score = given = factors = None
-    score_sign, cuts = 1.0, _NO_CUTS
     if spec.estimator == GIVEN_LAMBDAS:
         factors = np.empty(n, dtype=np.float64)
-        _lambda_factors(rows.lambdas, mask, keep, starts, lengths, spec.mask_mode == "zero", factors)
+        lambda_factors(rows.lambdas, mask, keep, starts, lengths, spec.mask_mode == "zero", factors)
     if spec.boundary in ("logprob", "quantile", "entropy"):
         score = half_bits(rows.score)  # half precision as bits, decoded by `real`
-        if spec.boundary == "logprob":
-            cuts = np.full(n_rows, math.log(spec.threshold))
-        elif spec.boundary == "entropy":
-            score_sign = -1.0  # entropy > h  <=>  -entropy < -h
-            cuts = np.full(n_rows, -spec.entropy_threshold)
-        else:
+        if spec.boundary == "quantile":
             cuts = np.empty(n_rows, dtype=np.float64)
-            _row_quantiles(score, mask, keep, starts, lengths, spec.quantile, cuts)
+            row_quantiles(score, mask, keep, starts, lengths, spec.quantile, cuts)
     elif spec.boundary == "given":
         given = rows.given
     elif spec.boundary == "fixed":
         given = np.empty(n, dtype=np.bool_)
-        _fixed_boundaries(mask, keep, starts, lengths, spec.segment_length, given)
+        fixed_boundaries(mask, keep, starts, lengths, spec.segment_length, given)
     elif spec.boundary == "delimiter":
         given = np.empty(n, dtype=np.bool_)
         delimiters = np.asarray(spec.delimiter_ids, dtype=np.int64)
-        _delimiter_boundaries(rows.response_ids, mask, keep, starts, lengths, delimiters, given)
+        delimiter_boundaries(rows.response_ids, mask, keep, starts, lengths, delimiters, given)
 
-    # rows of similar length share a lockstep scan; padded rows are all alike, so keep them in order
-    uniform = n_rows == 0 or lengths.min() == lengths.max()
-    order = np.arange(n_rows, dtype=np.int64) if uniform else np.argsort(lengths, kind="stable").astype(np.int64)
-    adv = np.empty(n, dtype=compute_dtype)
-    ret = np.empty(n, dtype=compute_dtype)
-    # a rule's boundaries are written at every token; without a rule, nowhere
-    bnd = np.empty(n, dtype=np.bool_) if score is not None or given is not None else np.zeros(n, dtype=np.bool_)
-    final = np.zeros(n_rows, dtype=np.float64)
-    critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
-    zero = True if spec.mask_mode == "zero" else None
-    _scan(order, rows.rewards, rows.values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, spec.gamma,
-          critic_f, zero, starts, lengths, adv, ret, bnd, final)
-
+    adv, ret, bnd, final = plan.scan(rows.rewards, rows.values, mask, keep, one, score, compute_dtype, given=given,
+                                     factors=factors, lam_rows=lam_rows, cuts=cuts)
     for i in np.flatnonzero(~np.isfinite(final)):
         _diagnose(rows.rewards, rows.values, mask, keep, one, score, starts[i], lengths[i], problems[i])
     return adv, ret, bnd, problems
