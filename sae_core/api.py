@@ -194,23 +194,24 @@ _SPECS_MAX = 256  # distinct argument sets remembered (a training run uses one o
 
 def _spec_key(estimator, gamma, mask_mode, critic_lam, options, given) -> tuple | None:
     """A key that determines `_spec_and_data`'s outcome, or None when an argument is not a plain
-    Python scalar (or a list / tuple of ints): each value with its type, since 1 == 1.0 == True
-    but gamma=True is refused and gamma=1 is not (and a float with its sign: -0.0 == 0.0); the names of
-    the data given."""
-    plain = (str, float, int, bool, type(None))
-    items = [("", estimator), ("", gamma), ("", mask_mode), ("", critic_lam), *sorted(options.items())]
-    key = []
-    for name, value in items:
-        if type(value) in (list, tuple):
+    Python scalar (or a list / tuple of ints). Each value goes in with its type, since 1 == 1.0 ==
+    True but gamma=True is refused and gamma=1 is not, and a float with its sign (-0.0 == 0.0, but
+    the spec keeps the sign); then the names of the data given."""
+    if type(estimator) is not str or type(mask_mode) is not str:
+        return None
+    key = [estimator, mask_mode, tuple(name for name, x in given.items() if x is not None)]
+    for name, value in (("gamma", gamma), ("critic_lam", critic_lam), *sorted(options.items())):
+        t = type(value)
+        if t is float:
+            value = (value, math.copysign(1.0, value))
+        elif t is list or t is tuple:
             if not all(type(v) is int for v in value):
                 return None
-            value = (type(value), tuple(value))
-        elif type(value) not in plain:
+            value = tuple(value)
+        elif not (t is int or t is bool or t is str or value is None):
             return None
-        elif type(value) is float:
-            value = (value, math.copysign(1.0, value))  # -0.0 == 0.0, but the spec would keep its sign
-        key.append((name, type(value), value))
-    return (*key, tuple(name for name, x in given.items() if x is not None))
+        key.append((name, t, value))
+    return tuple(key)
 
 
 def _spec_and_data(estimator, gamma, mask_mode, critic_lam, options, given) -> tuple[EstimatorSpec, dict]:
@@ -297,22 +298,22 @@ def _fast_padded(spec: EstimatorSpec, data: dict, rewards, values, response_mask
         score = _cpu_view(data.get(registry.score_data(spec) or "", None))
         if score is None or score.shape != r.shape or score.dtype not in _SCORES:
             return None
-    from .kernels import numba_compile, numba_scan
-
     key = (spec, r.shape)
     plan = _PLANS.get(key)
     if plan is None:
+        from .kernels.numba_scan import Plan
+
         B, T = r.shape
-        plan = numba_scan.Plan(spec, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
+        plan = Plan(spec, np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64))
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
         _PLANS[key] = plan
     if not plan.reusable:
         return None
-    mask, keep, one = numba_scan.mask_bits(None if m is None else m.reshape(-1))
+    mask, keep, one = plan.mask_bits(None if m is None else m.reshape(-1))
     compute = _FLOATS[1] if _FLOATS[1] in (r.dtype, v.dtype) else _FLOATS[0]
     adv, ret, bnd, final = plan.scan(r.reshape(-1), v.reshape(-1), mask, keep, one,
-                                     None if score is None else numba_compile.half_bits(score.reshape(-1)), compute)
+                                     None if score is None else plan.half_bits(score.reshape(-1)), compute)
     if not np.isfinite(final).all():
         return None
     shape = r.shape

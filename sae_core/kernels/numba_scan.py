@@ -383,6 +383,10 @@ class Plan:
         self.critic_f = None if spec.critic_lam is None else spec.gamma * spec.critic_lam
         self.zero = True if spec.mask_mode == "zero" else None
 
+    # how the scan reads a flat mask and float16 / bfloat16 scores, as methods for the API's fast path
+    mask_bits = staticmethod(mask_bits)
+    half_bits = staticmethod(half_bits)
+
     def scan(self, rewards, values, mask, keep, one, score, compute_dtype, given=None, factors=None, lam_rows=None,
              cuts=None):
         """(advantages [N], returns [N] in `compute_dtype`, boundaries [N] bool, final [B] float64): the
