@@ -413,3 +413,32 @@ def test_bad_data_on_the_fast_path_gets_the_general_paths_error(bad, monkeypatch
     assert str(fast.value) == str(general.value) and len(calls) == 1
     for x, y in zip(before, (r, v, mask, lp)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_concurrent_calls_from_threads_get_their_own_results(monkeypatch):
+    """Threads calling compute_advantages at once, with different specs, shapes and dtypes (so the
+    remembered specs and plans fill, and start over, while others read them), each get what a call
+    alone gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sae_core import api
+
+    rng = np.random.default_rng(11)
+    cases = []
+    for k in range(24):
+        B, T = 2 + k % 3, 40 + 7 * k
+        r = rng.normal(size=(B, T)).astype(np.float32 if k % 2 else np.float64)
+        v = rng.normal(size=(B, T)).astype(r.dtype)
+        mask = (np.arange(T)[None, :] < rng.integers(1, T + 1, size=(B, 1))).astype([np.int64, np.bool_][k % 2])
+        kw = {"estimator": ["sae", "gae", "mc"][k % 3], "gamma": 1.0 - 0.01 * (k % 4)}
+        if kw["estimator"] == "sae":
+            kw.update(logprobs=(-rng.exponential(size=(B, T))).astype(np.float32), threshold=0.1 + 0.05 * (k % 5))
+        cases.append((r, v, mask, kw))
+    alone = [compute_advantages(r, v, mask, **kw) for r, v, mask, kw in cases]
+    monkeypatch.setattr(api, "_SPECS_MAX", 5)  # small memos: they start over while other threads use them
+    monkeypatch.setattr(api, "_PLANS_MAX", 3)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda i: compute_advantages(*cases[i][:3], **cases[i][3]),
+                                 [i for _ in range(4) for i in range(len(cases))]))
+    for i, got in enumerate(together):
+        _same(got, alone[i % len(cases)])
