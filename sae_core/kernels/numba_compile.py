@@ -28,7 +28,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import event
+from numba.core import cgutils, event
 from numba.extending import intrinsic, overload
 
 from ..arrays import BFLOAT16_BITS
@@ -145,3 +145,25 @@ def _real(x):  # pragma: no cover - compiled
     if x in (types.uint16, types.int16):
         return lambda x: _from_half_bits(x)
     return lambda x: np.float64(x)
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):  # pragma: no cover - compiled
+    """Inside compiled code: ask the CPU to fetch the cache line holding arr[index] (a 1-D array,
+    any dtype; index an integer, not checked against the bounds: a prefetch never faults) into
+    all cache levels, and go on without waiting (LLVM's llvm.prefetch: read, locality 3, data)."""
+    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
+        byte = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(pointer, byte), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, index), codegen

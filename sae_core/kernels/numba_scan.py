@@ -40,7 +40,7 @@ import numba as nb
 import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
-from .numba_compile import half_bits, jit, real
+from .numba_compile import half_bits, jit, prefetch, real
 from .numba_rules import delimiter_boundaries, fixed_boundaries, lambda_factors, row_quantiles, valid_counts
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
@@ -177,6 +177,13 @@ def _scan_lanes(buf, first, s0, s1, s2, s3):  # pragma: no cover - compiled
 
 
 @jit()
+def _prefetch_lines(x, lo, hi):  # pragma: no cover - compiled
+    """Prefetch x[lo:hi] (1-D), one request per 64-byte cache line."""
+    for k in range(lo, hi, max(64 // x.itemsize, 1)):
+        prefetch(x, k)
+
+
+@jit()
 def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, given, factors, lam_rows, gamma, critic_f,
            zero, starts, lengths, adv, ret, bnd, final):  # pragma: no cover - compiled
     """Scan the rows `lanes` (at most LANES of them) in lockstep, chunk by chunk from their ends.
@@ -262,6 +269,14 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
         a0, a1, a2, a3 = _scan_lanes(flat[:3 * LANES * ROW], first, a0, a1, a2, a3)
         if critic_f is not None:
             c0, c1, c2, c3 = _scan_lanes(flat[3 * LANES * ROW:], first, c0, c1, c2, c3)
+        if mask is not None and done + CHUNK < longest:
+            # the next chunk's mask, fetched while this one is emitted: pass 1 waits on its input
+            # stream, and an int64 mask is 8 of its 20 bytes a token (the other inputs as well: slower)
+            for j in range(n):
+                chunk_end = virtual_end[j] - done - CHUNK
+                row_lo = max(chunk_end - CHUNK, 0)
+                row_hi = min(chunk_end, lengths[lanes[j]])
+                _prefetch_lines(mask, starts[lanes[j]] + row_lo, starts[lanes[j]] + row_hi)
         for j in range(n):
             w = width[j]
             if w == 0:
