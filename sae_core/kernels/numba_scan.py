@@ -40,7 +40,8 @@ import numba as nb
 import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
-from .numba_compile import half_bits, jit, prefetch, real
+from .numba_compile import half_bits, jit, only_with, prefetch, real, window
+from .numba_prepare import prepare, prepare_pair
 from .numba_rules import delimiter_boundaries, fixed_boundaries, lambda_factors, row_quantiles, valid_counts
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
@@ -59,71 +60,6 @@ _NO_CUTS = np.empty(0, dtype=np.float64)
 # Optional inputs are passed as None or an array, and flags as None or True: numba compiles one
 # variant per combination of types and prunes the `is None` branches at compile time. As runtime
 # booleans they would stay in the loops and stop LLVM from vectorising passes 1 and 3.
-
-
-@jit(fastmath={"contract"})  # e_t = gamma * V_t + f_t * u_t as one fused multiply-add (one rounding fewer)
-def _prepare(rewards, values, mask, keep, one, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
-             bnd, e, f, e2, f2):  # pragma: no cover - compiled
-    """Pass 1 over one lane's chunk (every array a view of the same w tokens): boundaries, e_t, f_t,
-    and what the mask is like.
-
-    mask None: every token valid; else a mask in bits (`mask_bits`), read here and nowhere else on
-    right-padded data. score / given: where boundaries come from (both None: no segments, and bnd,
-    all False already, is not written). factors: c_t per token (the caller's lambdas, from
-    `_lambda_factors`), or None: c_t from lam and the boundaries. critic_f None: no decoupled critic
-    (e2, f2 unused). zero None: skip mode.
-
-    Returns k when the chunk is k valid tokens followed by masked ones only (right padding; w
-    without a mask), -1 when it has gaps, -2 when a mask entry is neither 0 nor 1.
-    """
-    n = rewards.shape[0]
-    count = 0  # valid tokens
-    last = 0  # one past the last valid token: equal to count exactly when the mask is non-increasing
-    bad = 0
-    for q in range(n):
-        valid = True
-        if mask is not None:
-            m = mask[q]
-            valid = (m & keep) != 0
-            count += valid
-            last = max(last, (q + 1) * valid)
-            bad |= valid & (m != one)
-        # load unconditionally, then select: a load inside a branch stops vectorisation
-        r = np.float64(rewards[q])
-        v = np.float64(values[q])
-        r0 = r if valid else 0.0
-        v0 = v if valid else 0.0
-        b = False
-        check = 0.0
-        c = lam
-        if score is not None:
-            x = real(score[q])
-            b = valid & (score_sign * x < cut)
-            check = 0.0 * (x if valid else 0.0)  # NaN when x is not finite
-            c = lam if b else 1.0
-            bnd[q] = b
-        if given is not None:
-            b = valid & given[q]
-            c = lam if b else 1.0
-            bnd[q] = b
-        if factors is not None:
-            c = np.float64(factors[q])
-        takes_part = valid
-        if zero is not None:
-            takes_part = True
-        fq = gamma * c if takes_part else 1.0
-        u = r0 - v0 + check
-        f[q] = fq
-        e[q] = gamma * v0 + fq * u
-        if critic_f is not None:
-            fc = critic_f if takes_part else 1.0
-            f2[q] = fc
-            e2[q] = gamma * v0 + fc * u
-    if mask is None:
-        return n
-    if bad:
-        return -2
-    return count if last == count else -1
 
 
 @jit()
@@ -249,23 +185,42 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
                 f2[j, :b0] = 1.0
                 e2[j, b1:] = 0.0
                 f2[j, b1:] = 1.0
-            if w == 0:
+        # pass 1, two lanes at a time where their chunks are as wide (`prepare_pair`: most chunks)
+        j = 0
+        while j < n:
+            w = width[j]
+            pair = j + 1 < n and width[j + 1] == w
+            if w > 0:
+                ta = lo[j]
+                ba = at[j]
+                cut_a = cuts[lanes[j]] if score is not None else 0.0
+                if pair:
+                    tb = lo[j + 1]
+                    bb = at[j + 1]
+                    cut_b = cuts[lanes[j + 1]] if score is not None else 0.0
+                    dense[j], dense[j + 1] = prepare_pair(
+                        rewards[ta:ta + w], values[ta:ta + w], window(mask, ta, w), window(score, ta, w),
+                        window(given, ta, w), window(factors, ta, w), cut_a, lam_rows[lanes[j]], bnd[ta:ta + w],
+                        e[j, ba:ba + w], f[j, ba:ba + w], e2[j, ba:ba + w], f2[j, ba:ba + w],
+                        rewards[tb:tb + w], values[tb:tb + w], window(mask, tb, w), window(score, tb, w),
+                        window(given, tb, w), window(factors, tb, w), cut_b, lam_rows[lanes[j + 1]], bnd[tb:tb + w],
+                        e[j + 1, bb:bb + w], f[j + 1, bb:bb + w], e2[j + 1, bb:bb + w], f2[j + 1, bb:bb + w],
+                        keep, one, score_sign, gamma, critic_f, zero)
+                else:
+                    dense[j] = prepare(rewards[ta:ta + w], values[ta:ta + w], window(mask, ta, w), keep, one,
+                                       window(score, ta, w), score_sign, cut_a, window(given, ta, w),
+                                       window(factors, ta, w), lam_rows[lanes[j]], gamma, critic_f, zero,
+                                       bnd[ta:ta + w], e[j, ba:ba + w], f[j, ba:ba + w], e2[j, ba:ba + w],
+                                       f2[j, ba:ba + w])
+            j += 2 if pair else 1
+        for j in range(n):
+            if width[j] == 0:
                 continue
-            i = lanes[j]
-            t0 = lo[j]
-            t1 = t0 + w
-            cut = cuts[i] if score is not None else 0.0
-            k = _prepare(rewards[t0:t1], values[t0:t1], mask[t0:t1] if mask is not None else None, keep, one,
-                         score[t0:t1] if score is not None else None, score_sign, cut,
-                         given[t0:t1] if given is not None else None, factors[t0:t1] if factors is not None else None,
-                         lam_rows[i], gamma, critic_f, zero, bnd[t0:t1], e[j, b0:b1], f[j, b0:b1], e2[j, b0:b1],
-                         f2[j, b0:b1])
-            if k == -2:  # the row is reported (`_diagnose`); emit the chunk on the masked path meanwhile
+            if dense[j] == -2:  # the row is reported (`_diagnose`); emit the chunk on the masked path meanwhile
                 broken[j] = True
-                k = -1
-            if k < w and zero is not None:
-                k = -1  # zero mode: padding outputs the arriving state, on the masked path
-            dense[j] = k
+                dense[j] = -1
+            if dense[j] < width[j] and zero is not None:
+                dense[j] = -1  # zero mode: padding outputs the arriving state, on the masked path
         a0, a1, a2, a3 = _scan_lanes(flat[:3 * LANES * ROW], first, a0, a1, a2, a3)
         if critic_f is not None:
             c0, c1, c2, c3 = _scan_lanes(flat[3 * LANES * ROW:], first, c0, c1, c2, c3)
@@ -286,7 +241,7 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             t0 = lo[j]
             t1 = t0 + (k if k >= 0 else w)
             b1 = b0 + (t1 - t0)
-            lane_s2 = sc[j, b0:b1] if critic_f is not None else None
+            lane_s2 = only_with(critic_f, sc[j, b0:b1])  # not Optional: see `window`
             if k >= 0:  # right padding in skip mode: outputs 0 there (_prepare wrote its boundaries False)
                 adv[t1:t0 + w] = 0.0
                 ret[t1:t0 + w] = 0.0
