@@ -90,8 +90,9 @@ def prepare_pair(rewards_a, values_a, mask_a, score_a, given_a, factors_a, cut_a
     """`prepare` for two lanes' chunks of the same width w in one loop: (what `prepare` returns for
     lane a, for lane b). Each lane's arguments as `prepare` takes them, suffixed _a and _b.
 
-    Pass 1 waits on its input stream; two rows read in lockstep keep twice the streams in flight,
-    and the whole kernel took 5-10% less than before, with `window` (docs/performance.md).
+    Pass 1 waits on its input stream; two rows read in lockstep keep twice the streams in flight:
+    3-6% off the whole kernel at [32, 32768], beyond what slicing by type (`window`) gave
+    (docs/performance.md).
     The loop body is `prepare`'s, written out once per lane: numba did not vectorise it as a shared
     inlined function. `tests/test_backends.py` checks that a batch gives each row what the row alone
     gives (one lane, so `prepare`)."""
