@@ -337,10 +337,9 @@ def _cpu_view(x) -> np.ndarray | None:
     x = x.detach()
     if x.dtype == torch.bfloat16:
         return x.view(torch.int16).numpy().view(BFLOAT16_BITS)
-    if x.dtype.is_complex or x.dtype.itemsize > 8 or x.dtype in (torch.uint16, torch.uint32, torch.uint64):
-        return None  # what numpy cannot view, or (unsigned wider than a byte) what the general path refuses
-    return x.numpy() if x.dtype.is_floating_point or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
-                                                                   torch.int32, torch.int64) else None
+    # the dtypes numpy views as they are (not wider unsigned ints, complex or float8, for example)
+    return x.numpy() if x.dtype in (torch.float16, torch.float32, torch.float64, torch.bool, torch.uint8,
+                                    torch.int8, torch.int16, torch.int32, torch.int64) else None
 
 
 def _padded_layout(r) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,14 @@ def _scan_lanes(buf, first, s0, s1, s2, s3):  # pragma: no cover - compiled
 
 
 @jit()
+def _chunk_rows(chunk_end, length):  # pragma: no cover - compiled
+    """(row_lo, row_hi): the row positions of the chunk that ends at `chunk_end` (counted with the
+    lane's stagger: it covers [chunk_end - CHUNK, chunk_end)), clipped to a row of `length` tokens;
+    row_hi <= row_lo when none of it is in the row."""
+    return max(chunk_end - CHUNK, 0), min(chunk_end, length)
+
+
+@jit()
 def _prefetch_lines(x, lo, hi):  # pragma: no cover - compiled
     """Prefetch x[lo:hi] (1-D), one request per 64-byte cache line."""
     for k in range(lo, hi, max(64 // x.itemsize, 1)):
@@ -165,9 +173,8 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             width[j] = 0
             if j < n:
                 i = lanes[j]
-                chunk_end = virtual_end[j] - done  # the chunk covers row positions [chunk_end - CHUNK, chunk_end)
-                row_lo = max(chunk_end - CHUNK, 0)
-                row_hi = min(chunk_end, lengths[i])
+                chunk_end = virtual_end[j] - done
+                row_lo, row_hi = _chunk_rows(chunk_end, lengths[i])
                 width[j] = max(row_hi - row_lo, 0)
                 at[j] = row_lo - (chunk_end - CHUNK)
                 lo[j] = starts[i] + row_lo
@@ -228,9 +235,7 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             # the next chunk's mask, fetched while this one is emitted: pass 1 waits on its input
             # stream, and an int64 mask is 8 of its 20 bytes a token (the other inputs as well: slower)
             for j in range(n):
-                chunk_end = virtual_end[j] - done - CHUNK
-                row_lo = max(chunk_end - CHUNK, 0)
-                row_hi = min(chunk_end, lengths[lanes[j]])
+                row_lo, row_hi = _chunk_rows(virtual_end[j] - done - CHUNK, lengths[lanes[j]])
                 _prefetch_lines(mask, starts[lanes[j]] + row_lo, starts[lanes[j]] + row_hi)
         for j in range(n):
             w = width[j]
