@@ -128,3 +128,80 @@ def test_a_batch_gives_each_row_what_the_row_alone_gives(kw, gaps):
                                    **{k: x[i:i + 1] if isinstance(x, np.ndarray) else x for k, x in kw.items()})
         for got, want in zip(batch, alone):
             assert_array_equal(got[i], want[0])
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int32", "int64", "float16", "float32", "float64"])
+@pytest.mark.parametrize("entries, k", [
+    ([1, 1, 1], 3), ([1, 1, 0, 0], 2), ([0, 0], 0), ([1], 1), ([0], 0),  # valid tokens, then padding
+    ([1, 0, 1], -1), ([0, 1], -1), ([1, 0, 0, 1], -1),  # a gap
+    ([1, 2, 0], -1), ([2, 0], -1), ([1, 0, 3], -1), ([1, 1, 255], -1),  # an entry neither 0 nor 1
+])
+def test_dense_prefix_accepts_valid_tokens_then_padding_and_nothing_else(dtype, entries, k):
+    """The numba kernel reads a chunk as unmasked (plus padding) only when its mask is k entries of
+    exactly 1 and then zeros; anything else goes through the masked loop, which names a bad entry."""
+    from sae_core.kernels.numba_prepare import dense_prefix
+    from sae_core.kernels.numba_scan import mask_bits
+
+    if dtype == "bool" and max(entries) > 1:
+        pytest.skip("a bool mask holds only 0 and 1")
+    mask = np.array(entries).astype(dtype)
+    assert dense_prefix(*mask_bits(mask)) == k
+
+
+@pytest.mark.parametrize("entries, k", [
+    ([1.0, -0.0, 0.0], 1), ([-0.0], 0),  # -0.0 is 0
+    ([1.0, 0.5], -1), ([-1.0, 0.0], -1), ([1.0, float("nan")], -1), ([float("inf")], -1),
+])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_dense_prefix_reads_float_masks_by_value(dtype, entries, k):
+    from sae_core.kernels.numba_prepare import dense_prefix
+    from sae_core.kernels.numba_scan import mask_bits
+
+    assert dense_prefix(*mask_bits(np.array(entries, dtype=dtype))) == k
+
+
+@pytest.mark.parametrize("rule", [None, "score", "given", "factors"])
+@pytest.mark.parametrize("critic", [False, True])
+@pytest.mark.parametrize("zero", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 37, 100])
+def test_a_dense_chunk_read_unmasked_gives_the_masked_reads_bits(rule, critic, zero, k):
+    """Pass 1 of a chunk of k valid tokens and then padding, as the kernel does it (`prepare` without
+    the mask on the valid tokens, then `pad` in skip mode or the masked `prepare` on the padding in
+    zero mode), writes the same e, f, boundaries (and the critic's e, f) to the bit as the masked
+    `prepare` over the whole chunk, which finds the chunk right-padded."""
+    from sae_core.kernels.numba_prepare import pad, prepare
+    from sae_core.kernels.numba_scan import mask_bits
+
+    rng = np.random.default_rng(k)
+    w = 100
+    r, v = rng.normal(size=w).astype(np.float32), rng.normal(size=w)  # float32 rewards, float64 values
+    bits, keep, one = mask_bits(np.arange(w) < k)
+    score = -rng.exponential(size=w).astype(np.float32) if rule == "score" else None
+    given = rng.random(w) < 0.2 if rule == "given" else None
+    factors = rng.uniform(0.5, 1.0, size=w) if rule == "factors" else None
+    args = (np.log(0.2), 0.95, 0.99, 0.97 * 0.99 if critic else None, True if zero else None)  # cut, lam, gamma, ...
+
+    def outputs():
+        return [np.full(w, 7, dtype=np.bool_)] + [np.full(w, np.nan) for _ in range(4)]
+
+    want = outputs()
+    assert prepare(r, v, bits, keep, one, score, 1.0, args[0], given, factors, *args[1:], *want) == k
+    got = outputs()
+
+    def cut(x, a, b):
+        return None if x is None else x[a:b]
+
+    prepare(r[:k], v[:k], None, keep, one, cut(score, 0, k), 1.0, args[0], cut(given, 0, k), cut(factors, 0, k),
+            *args[1:], *[x[:k] for x in got])
+    if zero:
+        prepare(r[k:], v[k:], bits[k:], keep, one, cut(score, k, w), 1.0, args[0], cut(given, k, w),
+                cut(factors, k, w), *args[1:], *[x[k:] for x in got])
+    else:
+        pad(*[x[k:] for x in got], args[3])
+    if rule in (None, "factors"):  # no boundary rule: `prepare` leaves the boundaries alone (all False in the
+        # kernel), `pad` clears them
+        got[0][:], want[0][:] = False, False
+    if not critic:  # the critic's e and f are not written
+        got[3][:], got[4][:], want[3][:], want[4][:] = 0.0, 0.0, 0.0, 0.0
+    for g, x in zip(got, want):
+        assert_array_equal(g, x)

@@ -22,6 +22,40 @@ def _kind(mask, n, count, last, bad):  # pragma: no cover - compiled
     return count if last == count else -1
 
 
+@jit()
+def dense_prefix(mask, keep, one):  # pragma: no cover - compiled
+    """k when a chunk's mask (bits, as `prepare` reads it; at least one entry) is exactly `one` at
+    its first k entries and 0 at the rest (keep-wise: -0.0 is 0), i.e. k valid tokens then padding,
+    each valid entry 1; -1 otherwise (a gap, or an entry that is neither 0 nor 1: `prepare` reads
+    such a chunk with its mask and says which). Two passes over the mask, integer ops only.
+
+    A chunk it accepts is read by `prepare` without a mask (its first k tokens) and `pad` (the
+    rest): the masked loop does twice the work per token of the unmasked one (docs/performance.md)."""
+    n = mask.shape[0]
+    count = 0
+    for q in range(n):
+        count += (mask[q] & keep) != 0
+    off = keep ^ keep  # 0 in the mask's own unsigned type
+    for q in range(count):
+        off |= mask[q] ^ one
+    for q in range(count, n):
+        off |= mask[q] & keep
+    return count if off == 0 else -1
+
+
+@jit()
+def pad(bnd, e, f, e2, f2, critic_f):  # pragma: no cover - compiled
+    """Pass 1's outputs at a chunk's padding in skip mode, where `prepare` with the mask would write
+    the same: identity steps (e 0, f 1; the critic's scan too when critic_f is not None) and no
+    boundaries. Every array a view of the same padding tokens."""
+    bnd[:] = False
+    e[:] = 0.0
+    f[:] = 1.0
+    if critic_f is not None:
+        e2[:] = 0.0
+        f2[:] = 1.0
+
+
 @jit(fastmath={"contract"})  # e_t = gamma * V_t + f_t * u_t as one fused multiply-add (one rounding fewer)
 def prepare(rewards, values, mask, keep, one, score, score_sign, cut, given, factors, lam, gamma, critic_f, zero,
              bnd, e, f, e2, f2):  # pragma: no cover - compiled

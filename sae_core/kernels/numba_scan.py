@@ -15,7 +15,9 @@ A skip-mode masked position is the identity (e = 0, f = 1) and outputs 0; a zero
 r = V = 0. Work goes in three passes per chunk of `CHUNK` tokens:
 
 1. prepare (vectorised): read the inputs and the mask once, write the boundaries and e_t, f_t into
-   small buffers, and say whether the chunk is right-padded;
+   small buffers, and say whether the chunk is right-padded. A chunk whose mask is valid tokens then
+   padding (`dense_prefix`, which reads only the mask) is read as unmasked up to the padding, half
+   the work per token of the masked loop, and its padding is written without reading the inputs;
 2. scan (serial): the only loop-carried chain, run for `LANES` rows in lockstep so their
    independent multiply-adds fill the pipeline (one row alone waits on each step);
 3. emit (vectorised): A_t and R_t from the inputs (still in cache) and the scanned state.
@@ -24,7 +26,8 @@ Checks cost nothing on the hot path: a non-finite input on a valid token turns t
 and NaN survives every later step (NaN * 0 is NaN), so one test of the final state per row finds
 every bad row; only those rows are searched for the first bad token. Masks are read in place, in
 any dtype, as unsigned integers of their width (`mask_bits`), by pass 1 only, which also checks
-them for 0/1: a bad entry marks its row's final state, as a non-finite input does.
+them for 0/1: a chunk with a bad entry goes through the masked loop, which marks its row's final
+state, as a non-finite input does.
 
 Rows are grouped into lanes by length, so ragged batches waste little of the lockstep scan. A
 lane's chunk whose mask is valid tokens followed by padding (every chunk of right-padded data) is
@@ -41,7 +44,7 @@ import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
 from .numba_compile import half_bits, jit, only_with, prefetch, real, window
-from .numba_prepare import prepare, prepare_pair
+from .numba_prepare import dense_prefix, pad, prepare, prepare_pair
 from .numba_rules import delimiter_boundaries, fixed_boundaries, lambda_factors, row_quantiles, valid_counts
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
@@ -160,6 +163,7 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
     lo = np.zeros(LANES, dtype=np.int64)
     width = np.zeros(LANES, dtype=np.int64)
     dense = np.zeros(LANES, dtype=np.int64)
+    lead = np.zeros(LANES, dtype=np.int64)
     virtual_end = np.zeros(LANES, dtype=np.int64)
     longest = 0
     for j in range(n):
@@ -192,33 +196,54 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
                 f2[j, :b0] = 1.0
                 e2[j, b1:] = 0.0
                 f2[j, b1:] = 1.0
-        # pass 1, two lanes at a time where their chunks are as wide (`prepare_pair`: most chunks)
+        # pass 1. A lane's chunk whose mask is valid tokens then padding (`dense_prefix`: nearly every
+        # chunk of right-padded data) is read as if unmasked, which is half the work, then padded;
+        # two lanes at a time where those parts are as long (`prepare_pair`)
+        for j in range(n):
+            lead[j] = width[j]  # tokens read unmasked; -1: the whole chunk through the masked loop
+            if mask is not None and width[j] > 0:
+                lead[j] = dense_prefix(mask[lo[j]:lo[j] + width[j]], keep, one)
         j = 0
         while j < n:
-            w = width[j]
-            pair = j + 1 < n and width[j + 1] == w
-            if w > 0:
-                ta = lo[j]
-                ba = at[j]
-                cut_a = cuts[lanes[j]] if score is not None else 0.0
-                if pair:
-                    tb = lo[j + 1]
-                    bb = at[j + 1]
-                    cut_b = cuts[lanes[j + 1]] if score is not None else 0.0
-                    dense[j], dense[j + 1] = prepare_pair(
-                        rewards[ta:ta + w], values[ta:ta + w], window(mask, ta, w), window(score, ta, w),
-                        window(given, ta, w), window(factors, ta, w), cut_a, lam_rows[lanes[j]], bnd[ta:ta + w],
-                        e[j, ba:ba + w], f[j, ba:ba + w], e2[j, ba:ba + w], f2[j, ba:ba + w],
-                        rewards[tb:tb + w], values[tb:tb + w], window(mask, tb, w), window(score, tb, w),
-                        window(given, tb, w), window(factors, tb, w), cut_b, lam_rows[lanes[j + 1]], bnd[tb:tb + w],
-                        e[j + 1, bb:bb + w], f[j + 1, bb:bb + w], e2[j + 1, bb:bb + w], f2[j + 1, bb:bb + w],
-                        keep, one, score_sign, gamma, critic_f, zero)
-                else:
-                    dense[j] = prepare(rewards[ta:ta + w], values[ta:ta + w], window(mask, ta, w), keep, one,
-                                       window(score, ta, w), score_sign, cut_a, window(given, ta, w),
-                                       window(factors, ta, w), lam_rows[lanes[j]], gamma, critic_f, zero,
-                                       bnd[ta:ta + w], e[j, ba:ba + w], f[j, ba:ba + w], e2[j, ba:ba + w],
-                                       f2[j, ba:ba + w])
+            k = lead[j]
+            pair = j + 1 < n and k > 0 and lead[j + 1] == k
+            for h in range(j, j + 2 if pair else j + 1):
+                t, b, w = lo[h], at[h], width[h]
+                cut = cuts[lanes[h]] if score is not None else 0.0
+                if k < 0:
+                    dense[h] = prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one,
+                                       window(score, t, w), score_sign, cut, window(given, t, w),
+                                       window(factors, t, w), lam_rows[lanes[h]], gamma, critic_f, zero,
+                                       bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w], f2[h, b:b + w])
+                    continue
+                dense[h] = k
+                t, b, w = t + k, b + k, w - k  # the padding
+                if w == 0:
+                    continue
+                if zero is None:
+                    pad(bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w], f2[h, b:b + w], critic_f)
+                else:  # zero mode: padding takes part, with the rule's factors
+                    prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one, window(score, t, w),
+                            score_sign, cut, window(given, t, w), window(factors, t, w), lam_rows[lanes[h]], gamma,
+                            critic_f, zero, bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w],
+                            f2[h, b:b + w])
+            cut_a = cuts[lanes[j]] if score is not None else 0.0
+            if k > 0 and pair:
+                ta, ba, tb, bb = lo[j], at[j], lo[j + 1], at[j + 1]
+                cut_b = cuts[lanes[j + 1]] if score is not None else 0.0
+                prepare_pair(
+                    rewards[ta:ta + k], values[ta:ta + k], None, window(score, ta, k), window(given, ta, k),
+                    window(factors, ta, k), cut_a, lam_rows[lanes[j]], bnd[ta:ta + k], e[j, ba:ba + k],
+                    f[j, ba:ba + k], e2[j, ba:ba + k], f2[j, ba:ba + k],
+                    rewards[tb:tb + k], values[tb:tb + k], None, window(score, tb, k), window(given, tb, k),
+                    window(factors, tb, k), cut_b, lam_rows[lanes[j + 1]], bnd[tb:tb + k], e[j + 1, bb:bb + k],
+                    f[j + 1, bb:bb + k], e2[j + 1, bb:bb + k], f2[j + 1, bb:bb + k],
+                    keep, one, score_sign, gamma, critic_f, zero)
+            elif k > 0:
+                t, b = lo[j], at[j]
+                prepare(rewards[t:t + k], values[t:t + k], None, keep, one, window(score, t, k), score_sign, cut_a,
+                        window(given, t, k), window(factors, t, k), lam_rows[lanes[j]], gamma, critic_f, zero,
+                        bnd[t:t + k], e[j, b:b + k], f[j, b:b + k], e2[j, b:b + k], f2[j, b:b + k])
             j += 2 if pair else 1
         for j in range(n):
             if width[j] == 0:
