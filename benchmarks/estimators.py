@@ -57,6 +57,20 @@ FIRST_CALLS = [("sae, bool mask", "bool", {}), ("sae, int64 mask (veRL)", "int64
                                                        {"mask_mode": "zero"})]
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family/model and last-level cache as Linux reports them (ratios to the floor
+    depend on the host: docs/performance.md, "A second machine"); "CPU model unknown" elsewhere."""
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        l3 = "/sys/devices/system/cpu/cpu0/cache/index3/size"
+        cache = f", L3 {open(l3).read().strip()}" if os.path.exists(l3) else ""
+        return f"{info['model name']} (family {info['cpu family']} model {info['model']}){cache}"
+    except (OSError, KeyError, ValueError):
+        return "CPU model unknown"
+
+
 def make_inputs(B: int, T: int, seed: int = 0):
     """RLVR-like rollouts: outcome reward on the last valid token, critic values, log-probs."""
     rng = np.random.default_rng(seed)
@@ -208,9 +222,10 @@ def cpu(args) -> None:
     import numba
     import torch
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, numba threads {numba.get_num_threads()}, "
-          f"torch threads {torch.get_num_threads()}, numpy {np.__version__}, numba {numba.__version__}, "
-          f"torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs, "
+          f"numba threads {numba.get_num_threads()}, torch threads {torch.get_num_threads()}, numpy {np.__version__}, "
+          f"numba {numba.__version__}, torch {torch.__version__}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     checks = []
     if args.first_calls:
         print(f"\nfirst call in a fresh process (import included)\n{'case':>40} {'compiles':>11} {'loads':>11}")
