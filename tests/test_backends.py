@@ -105,10 +105,10 @@ def test_right_padded_rows_longer_than_a_chunk(backend):
 ])
 @pytest.mark.parametrize("gaps", [False, True])
 def test_a_batch_gives_each_row_what_the_row_alone_gives(kw, gaps):
-    """The numba kernel reads two lanes' chunks in one loop where they are as wide (most chunks of
-    a padded batch) and one at a time elsewhere; a row scanned alone is always one lane. Both give
-    the same bits, for every kind of optional input (rule data, given boundaries, a decoupled
-    critic, zero mode), with right padding and with gaps."""
+    """The numba kernel scans a batch's rows four lanes at a time, their chunk ends staggered, and
+    reads right-padded chunks unmasked and others with the mask; a row scanned alone is one lane,
+    its chunks cut elsewhere. Both give the same bits, for every kind of optional input (rule data,
+    given boundaries, a decoupled critic, zero mode), with right padding and with gaps."""
     rng = np.random.default_rng(5)
     B, T = 6, 2 * C + 700  # interior chunks of equal width, edges of unequal
     mask = np.arange(T)[None, :] < np.array([[T], [T], [T - 5], [T - 900], [C + 3], [T]])

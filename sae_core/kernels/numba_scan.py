@@ -44,7 +44,7 @@ import numpy as np
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
 from .numba_compile import half_bits, jit, only_with, prefetch, real, window
-from .numba_prepare import dense_prefix, pad, prepare, prepare_pair
+from .numba_prepare import dense_prefix, pad, prepare
 from .numba_rules import delimiter_boundaries, fixed_boundaries, lambda_factors, row_quantiles, valid_counts
 
 LANES = 4  # rows per lockstep scan; _scan_lanes is written out for exactly four
@@ -163,7 +163,6 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
     lo = np.zeros(LANES, dtype=np.int64)
     width = np.zeros(LANES, dtype=np.int64)
     dense = np.zeros(LANES, dtype=np.int64)
-    lead = np.zeros(LANES, dtype=np.int64)
     virtual_end = np.zeros(LANES, dtype=np.int64)
     longest = 0
     for j in range(n):
@@ -197,54 +196,32 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
                 e2[j, b1:] = 0.0
                 f2[j, b1:] = 1.0
         # pass 1. A lane's chunk whose mask is valid tokens then padding (`dense_prefix`: nearly every
-        # chunk of right-padded data) is read as if unmasked, which is half the work, then padded;
-        # two lanes at a time where those parts are as long (`prepare_pair`)
+        # chunk of right-padded data) is read as if unmasked, which is half the work, then padded
         for j in range(n):
-            lead[j] = width[j]  # tokens read unmasked; -1: the whole chunk through the masked loop
-            if mask is not None and width[j] > 0:
-                lead[j] = dense_prefix(mask[lo[j]:lo[j] + width[j]], keep, one)
-        j = 0
-        while j < n:
-            k = lead[j]
-            pair = j + 1 < n and k > 0 and lead[j + 1] == k
-            for h in range(j, j + 2 if pair else j + 1):
-                t, b, w = lo[h], at[h], width[h]
-                cut = cuts[lanes[h]] if score is not None else 0.0
-                if k < 0:
-                    dense[h] = prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one,
-                                       window(score, t, w), score_sign, cut, window(given, t, w),
-                                       window(factors, t, w), lam_rows[lanes[h]], gamma, critic_f, zero,
-                                       bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w], f2[h, b:b + w])
-                    continue
-                dense[h] = k
-                t, b, w = t + k, b + k, w - k  # the padding
-                if w == 0:
-                    continue
-                if zero is None:
-                    pad(bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w], f2[h, b:b + w], critic_f)
-                else:  # zero mode: padding takes part, with the rule's factors
-                    prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one, window(score, t, w),
-                            score_sign, cut, window(given, t, w), window(factors, t, w), lam_rows[lanes[h]], gamma,
-                            critic_f, zero, bnd[t:t + w], e[h, b:b + w], f[h, b:b + w], e2[h, b:b + w],
-                            f2[h, b:b + w])
-            cut_a = cuts[lanes[j]] if score is not None else 0.0
-            if k > 0 and pair:
-                ta, ba, tb, bb = lo[j], at[j], lo[j + 1], at[j + 1]
-                cut_b = cuts[lanes[j + 1]] if score is not None else 0.0
-                prepare_pair(
-                    rewards[ta:ta + k], values[ta:ta + k], None, window(score, ta, k), window(given, ta, k),
-                    window(factors, ta, k), cut_a, lam_rows[lanes[j]], bnd[ta:ta + k], e[j, ba:ba + k],
-                    f[j, ba:ba + k], e2[j, ba:ba + k], f2[j, ba:ba + k],
-                    rewards[tb:tb + k], values[tb:tb + k], None, window(score, tb, k), window(given, tb, k),
-                    window(factors, tb, k), cut_b, lam_rows[lanes[j + 1]], bnd[tb:tb + k], e[j + 1, bb:bb + k],
-                    f[j + 1, bb:bb + k], e2[j + 1, bb:bb + k], f2[j + 1, bb:bb + k],
-                    keep, one, score_sign, gamma, critic_f, zero)
-            elif k > 0:
-                t, b = lo[j], at[j]
-                prepare(rewards[t:t + k], values[t:t + k], None, keep, one, window(score, t, k), score_sign, cut_a,
+            w = width[j]
+            if w == 0:
+                continue
+            t, b = lo[j], at[j]
+            cut = cuts[lanes[j]] if score is not None else 0.0
+            k = w if mask is None else dense_prefix(mask[t:t + w], keep, one)  # tokens read unmasked
+            if k < 0:  # gaps, or an entry that is neither 0 nor 1 (-2: the row is reported)
+                dense[j] = prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one,
+                                   window(score, t, w), score_sign, cut, window(given, t, w), window(factors, t, w),
+                                   lam_rows[lanes[j]], gamma, critic_f, zero, bnd[t:t + w], e[j, b:b + w],
+                                   f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w])
+                continue
+            dense[j] = k
+            if k > 0:
+                prepare(rewards[t:t + k], values[t:t + k], None, keep, one, window(score, t, k), score_sign, cut,
                         window(given, t, k), window(factors, t, k), lam_rows[lanes[j]], gamma, critic_f, zero,
                         bnd[t:t + k], e[j, b:b + k], f[j, b:b + k], e2[j, b:b + k], f2[j, b:b + k])
-            j += 2 if pair else 1
+            t, b, w = t + k, b + k, w - k  # the padding
+            if w > 0 and zero is None:
+                pad(bnd[t:t + w], e[j, b:b + w], f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w], critic_f)
+            elif w > 0:  # zero mode: padding takes part, with the rule's factors
+                prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one, window(score, t, w),
+                        score_sign, cut, window(given, t, w), window(factors, t, w), lam_rows[lanes[j]], gamma,
+                        critic_f, zero, bnd[t:t + w], e[j, b:b + w], f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w])
         for j in range(n):
             if width[j] == 0:
                 continue
