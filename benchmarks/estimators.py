@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -61,11 +62,10 @@ def cpu_model() -> str:
     """The CPU's model name, family/model and last-level cache as Linux reports them (ratios to the floor
     depend on the host: docs/performance.md, "A second machine"); "CPU model unknown" elsewhere."""
     try:
-        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        l3 = "/sys/devices/system/cpu/cpu0/cache/index3/size"
-        cache = f", L3 {open(l3).read().strip()}" if os.path.exists(l3) else ""
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first CPU's block
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+        l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
+        cache = f", L3 {l3.read_text().strip()}" if l3.exists() else ""
         return f"{info['model name']} (family {info['cpu family']} model {info['model']}){cache}"
     except (OSError, KeyError, ValueError):
         return "CPU model unknown"
