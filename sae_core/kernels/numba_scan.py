@@ -204,24 +204,23 @@ def _block(lanes, rewards, values, mask, keep, one, score, score_sign, cuts, giv
             t, b = lo[j], at[j]
             cut = cuts[lanes[j]] if score is not None else 0.0
             k = w if mask is None else dense_prefix(mask[t:t + w], keep, one)  # tokens read unmasked
-            if k < 0:  # gaps, or an entry that is neither 0 nor 1 (-2: the row is reported)
-                dense[j] = prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one,
-                                   window(score, t, w), score_sign, cut, window(given, t, w), window(factors, t, w),
-                                   lam_rows[lanes[j]], gamma, critic_f, zero, bnd[t:t + w], e[j, b:b + w],
-                                   f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w])
-                continue
             dense[j] = k
             if k > 0:
                 prepare(rewards[t:t + k], values[t:t + k], None, keep, one, window(score, t, k), score_sign, cut,
                         window(given, t, k), window(factors, t, k), lam_rows[lanes[j]], gamma, critic_f, zero,
                         bnd[t:t + k], e[j, b:b + k], f[j, b:b + k], e2[j, b:b + k], f2[j, b:b + k])
-            t, b, w = t + k, b + k, w - k  # the padding
-            if w > 0 and zero is None:
+            read = max(k, 0)  # the rest: skip mode's padding, or read with the mask
+            t, b, w = t + read, b + read, w - read
+            if w > 0 and k >= 0 and zero is None:
                 pad(bnd[t:t + w], e[j, b:b + w], f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w], critic_f)
-            elif w > 0:  # zero mode: padding takes part, with the rule's factors
-                prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one, window(score, t, w),
-                        score_sign, cut, window(given, t, w), window(factors, t, w), lam_rows[lanes[j]], gamma,
-                        critic_f, zero, bnd[t:t + w], e[j, b:b + w], f[j, b:b + w], e2[j, b:b + w], f2[j, b:b + w])
+            elif w > 0:  # k < 0: gaps, or an entry neither 0 nor 1 (-2: the row is reported); or zero mode's
+                # padding, which takes part with the rule's factors
+                got = prepare(rewards[t:t + w], values[t:t + w], window(mask, t, w), keep, one, window(score, t, w),
+                              score_sign, cut, window(given, t, w), window(factors, t, w), lam_rows[lanes[j]], gamma,
+                              critic_f, zero, bnd[t:t + w], e[j, b:b + w], f[j, b:b + w], e2[j, b:b + w],
+                              f2[j, b:b + w])
+                if k < 0:
+                    dense[j] = got
         for j in range(n):
             if width[j] == 0:
                 continue
