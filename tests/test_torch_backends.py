@@ -20,7 +20,7 @@ from sae_core import compute_advantages, compute_advantages_ragged
 torch = pytest.importorskip("torch")
 from sae_core import kernels  # noqa: E402
 from sae_core.arrays import result_form  # noqa: E402
-from sae_core.kernels import torch_scan, torch_schedule, triton_scan  # noqa: E402
+from sae_core.kernels import torch_affine, torch_scan, torch_schedule, triton_scan  # noqa: E402
 from sae_core.registry import make_spec  # noqa: E402
 from sae_core.types import GIVEN_LAMBDAS, EstimatorSpec, Rows  # noqa: E402
 
@@ -139,48 +139,81 @@ def test_float32_inputs_whose_scan_overflows_float32_get_the_float64_answer(back
     assert_close(out, ref, np.float32)
 
 
+def loop_scan(f, e) -> np.ndarray:
+    """S_t = e_t + f_t * S_{t+1}, S_N = 0, as a float64 loop over Python floats: [N] float64."""
+    expected = np.zeros(f.shape[0])
+    acc = 0.0
+    for t in range(f.shape[0] - 1, -1, -1):
+        acc = float(e[t]) + float(f[t]) * acc
+        expected[t] = acc
+    return expected
+
+
 def test_scan_is_safe_in_float32_where_rescaling_tricks_fail():
     """(gamma * lambda)^-t rescaling overflows float32 past ~1,700 tokens at 0.95; ours only shrinks."""
     n = 40000
     f = torch.full((n,), 0.95)
     f[::997] = 0.0  # lambda_t = 0 spots
     e = torch.ones(n)
-    s = torch_scan.reverse_affine_scan(f.clone(), e.clone())
+    s = torch_affine.reverse_affine_scan(f.clone(), e.clone())
     assert torch.isfinite(s).all()
-    expected = np.zeros(n)
-    acc = 0.0
-    for t in range(n - 1, -1, -1):
-        acc = 1.0 + float(f[t]) * acc
-        expected[t] = acc
+    expected = loop_scan(f, e)
     np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n", [1, 5, 64, 65, 200, 8192, 9000])
-def test_short_cpu_scans_run_as_a_loop_and_agree_with_the_doubling(n, monkeypatch):
-    """Columns of at most SEQUENTIAL_MAX tokens (the chunk totals' last level, or a whole short
-    batch) scan as a Python loop on the CPU: the same numbers as a float64 loop, and as the
-    doubling (SEQUENTIAL_MAX = 0) within float32 rounding, with inf and NaN in the same places."""
+@pytest.mark.parametrize("n", [1, 5, 8, 9, 128, 129, 200, 513, 8192, 9000])
+def test_cpu_scans_agree_with_a_float64_loop_and_with_the_doubling(n, monkeypatch):
+    """The CPU scan (`_blocked_scan`: blocks of BLOCK tokens, totals scanned recursively, columns of
+    at most SEQUENTIAL_MAX tokens as a Python loop) against a float64 loop written here: the same
+    numbers within float32 rounding, with inf and NaN in the same places; also with every level
+    scanned as blocks (SEQUENTIAL_MAX = 0), and the GPU's doubling scan run on the CPU."""
     rng = np.random.default_rng(n)
     f = torch.tensor(rng.choice([0.0, 0.95, 1.0, 0.5], size=n), dtype=torch.float32)
     e = torch.tensor(rng.normal(size=n), dtype=torch.float32)
     if n >= 200:
         e[n // 2] = float("inf")  # reaches back to the last f = 0 before it, NaN where inf * 0 meets it
-    expected = np.zeros(n)
-    acc = 0.0
-    for t in range(n - 1, -1, -1):
-        acc = float(e[t]) + float(f[t]) * acc
-        expected[t] = acc
-    loop = torch_scan.reverse_affine_scan(f.clone(), e.clone())
-    monkeypatch.setattr(torch_scan, "SEQUENTIAL_MAX", 0)
-    doubling = torch_scan.reverse_affine_scan(f.clone(), e.clone())
-    for got in (loop, doubling):
+    expected = loop_scan(f, e)
+    short = n <= torch_affine.SEQUENTIAL_MAX
+    loop = torch_affine.reverse_affine_scan(f.clone(), e.clone())
+    doubling = torch_affine._doubling_scan(f.clone(), e.clone())
+    monkeypatch.setattr(torch_affine, "SEQUENTIAL_MAX", 0)
+    blocks = torch_affine.reverse_affine_scan(f.clone(), e.clone())
+    for got in (loop, blocks, doubling):
         assert got.dtype == torch.float32 and got.shape == (n,)
         np.testing.assert_array_equal(np.isfinite(got.numpy()), np.isfinite(expected))
         np.testing.assert_array_equal(np.isnan(got.numpy()), np.isnan(expected))
         ok = np.isfinite(expected)
         np.testing.assert_allclose(got.numpy()[ok], expected[ok], rtol=1e-5, atol=1e-5)
-    if n <= 64:  # the loop itself: float64 arithmetic, rounded once
+    if short:  # the loop itself: float64 arithmetic, rounded once
         np.testing.assert_array_equal(loop.numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_scan_uses_the_work_space_it_is_given_and_leaves_f_alone(dtype):
+    """With `empty` (the backend's Scratch) the blocked scan takes its two work arrays from it, writes
+    its result into e, and reads f without changing it; a length that is not a multiple of BLOCK
+    pads (identity steps) in memory of its own. Against a float64 loop, 2^16 + 8 and 2^16 + 3 tokens
+    (four levels of blocks, then the loop)."""
+    for n in (65536 + 8, 65536 + 3):
+        rng = np.random.default_rng(n)
+        f = torch.tensor(rng.choice([0.0, 0.9, 0.97, 1.0], size=n, p=[0.01, 0.1, 0.79, 0.1]), dtype=dtype)
+        e = torch.tensor(rng.normal(size=n), dtype=dtype)
+        f0, e0 = f.clone(), e.clone()
+        given = []
+
+        def empty():
+            given.append(torch.empty(n, dtype=dtype))
+            return given[-1]
+
+        s = torch_affine.reverse_affine_scan(f, e, empty=empty)
+        expected = loop_scan(f0, e0)
+        assert torch.equal(f, f0) and s.shape == (n,) and s.dtype == dtype
+        if n % torch_affine.BLOCK == 0:
+            assert s.data_ptr() == e.data_ptr() and len(given) == 2
+        else:
+            assert len(given) == 0
+        np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("backend", ["torch", *TRITON])

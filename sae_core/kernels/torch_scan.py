@@ -15,12 +15,9 @@ scan, which cuts the link to the next row, so padded and ragged batches are the 
 The schedule (mask checks, boundaries, per-row lambdas, the caller's factors c_t) comes from
 `torch_schedule`.
 
-The scan (`reverse_affine_scan`) is a log-depth doubling over pairs (f, e) inside chunks of
-`CHUNK` tokens, the same scan over the chunks' totals (recursively), then one fix-up: no Python
-loop over T. It only multiplies and adds, with no division, logarithm or (gamma * lambda)^-t
-rescaling, so no length can make it overflow: products of f only shrink towards 0. On the CPU a
-column of at most SEQUENTIAL_MAX tokens (the totals' last level, in practice) is one Python loop
-in float64 instead (`_sequential_scan`): there a dozen tensor ops cost more than the loop.
+The scan itself (`torch_affine.reverse_affine_scan`: blocks on the CPU, doubling on a GPU) only
+multiplies and adds, with no division, logarithm or (gamma * lambda)^-t rescaling, so no length
+can make it overflow: products of f only shrink towards 0.
 
 Precision. The reference and numba backends compute in float64. This one computes in float32
 when the caller's dtype is float32 or narrower and float32 is provably close enough, else in
@@ -29,8 +26,11 @@ to the outputs' scale:
 - each factor f rounds to float32 (by up to 6e-8), and a weight k factors deep drifts by k times
   that. Where every factor is 0, 1 or at most F32_MAX_FACTOR (0.98), the weights shrink at
   least as f^k, so the drift averages at most 6e-8 * f / (1 - f) <= 3e-6;
-- sums and products of the scan go through about 20 roundings (the doubling depth times the
-  levels), on partial sums bounded by a few times the outputs: another ~2e-6 (A = R - V and
+- sums and products of the scan go through about 30 roundings, on partial sums bounded by a few
+  times the outputs: another ~3e-6. On the CPU (`torch_affine`) a token's state takes at most
+  BLOCK - 1 steps and a fix-up per level of blocks, and a float32 group of 2^19 tokens has four
+  levels (2^19, 2^16, 2^13 and 2^10 tokens; the 128 totals left are summed in float64); the GPU's
+  doubling takes log2(CHUNK) steps and a fix-up per level, three levels at 2^21 tokens (A = R - V and
   e = r + d (V - r) round once more each, on numbers of the outputs' and V's scale, as
   u = r - V and f r + d V did).
 Both stay below the 1e-5 the backends agree to in float32. A factor in (0.98, 1) (VAPO's
@@ -52,67 +52,10 @@ import numpy as np
 import torch
 
 from ..types import GIVEN_LAMBDAS, PROBLEM_COLUMNS, EstimatorSpec, Rows
+from .torch_affine import reverse_affine_scan
 from .torch_schedule import Schedule, any_true, diagnose, first_per_row, part, schedule, span
 
-CHUNK = 128  # tokens per doubling block: 7 doubling steps, then a scan over N / 128 chunk totals
-SEQUENTIAL_MAX = 64  # a CPU scan this short (the totals' last level) runs as a Python loop: `_sequential_scan`
 F32_MAX_FACTOR = 0.98  # the largest factor f = gamma * lambda (other than 1) scanned in float32
-
-
-def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, empty=None) -> torch.Tensor:
-    """S with S_t = e_t + f_t * S_{t+1} and S_N = 0, for 1-D f and e of length N (both consumed:
-    they serve as work space). empty(): an uninitialised tensor like f, for two more of work space.
-
-    Doubling inside chunks: after the step with distance d, (f_t, e_t) hold the composition of
-    the 2d maps from t on (within the chunk), so log2(chunk) steps give each position's state up
-    to its chunk's end. The chunks' totals are scanned the same way (recursively), and each chunk
-    adds its incoming state times its products of f.
-    """
-    n = f.shape[0]
-    if n == 0:
-        return e.clone()
-    if n <= SEQUENTIAL_MAX and f.device.type == "cpu":
-        return _sequential_scan(f, e)
-    m = -(-n // chunk)
-    pad = m * chunk - n
-    if pad:  # identity steps after the end
-        f, e = torch.cat([f, f.new_ones(pad)]), torch.cat([e, e.new_zeros(pad)])
-    F, E = f.view(m, chunk), e.view(m, chunk)
-    if empty is None or pad:
-        F2, E2 = torch.empty_like(F), torch.empty_like(E)
-    else:
-        F2, E2 = empty().view(m, chunk), empty().view(m, chunk)
-    d = 1
-    while d < chunk:
-        # (f, e)_t <- (f_t f_{t+d}, e_t + f_t e_{t+d}); the last d positions of a chunk are done
-        torch.addcmul(E[:, :-d], F[:, :-d], E[:, d:], out=E2[:, :-d])
-        torch.mul(F[:, :-d], F[:, d:], out=F2[:, :-d])
-        # the last d positions (complete since the previous step) are copied, but only those that
-        # E2, F2 (the state two steps ago, complete in the last d // 2) do not hold already
-        done = chunk - d // 2 if d > 1 else chunk
-        E2[:, -d:done] = E[:, -d:done]
-        F2[:, -d:done] = F[:, -d:done]
-        F, F2, E, E2 = F2, F, E2, E
-        d *= 2
-    if m > 1:
-        totals = reverse_affine_scan(F[:, 0].contiguous(), E[:, 0].contiguous(), chunk)  # S at each chunk start
-        incoming = torch.cat([totals[1:], totals.new_zeros(1)])
-        E.addcmul_(F, incoming[:, None])
-    return E.reshape(-1)[:n]
-
-
-def _sequential_scan(f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """`reverse_affine_scan` of a short CPU column as a Python loop over Python floats (float64),
-    rounded to e's dtype once at the end: the chunk totals' last level (at most SEQUENTIAL_MAX),
-    where a dozen tensor ops of ~8 us each cost more than the loop (docs/performance.md). An inf or
-    NaN propagates as in the tensor ops (inf * 0 is NaN)."""
-    fs, es = f.tolist(), e.tolist()
-    out = [0.0] * len(es)
-    s = 0.0
-    for t in range(len(es) - 1, -1, -1):
-        s = es[t] + fs[t] * s
-        out[t] = s
-    return torch.tensor(out, dtype=e.dtype)
 
 
 def run(spec: EstimatorSpec, rows: Rows, compute_dtype: np.dtype):
