@@ -6,6 +6,7 @@ TRITON_INTERPRET=1), with a 16-token chunk so that short rows still span several
 """
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -189,31 +190,38 @@ def test_cpu_scans_agree_with_a_float64_loop_and_with_the_doubling(n, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_blocked_scan_uses_the_work_space_it_is_given_and_leaves_f_alone(dtype):
-    """With `empty` (the backend's Scratch) the blocked scan takes its two work arrays from it, writes
-    its result into e, and reads f without changing it; a length that is not a multiple of BLOCK
-    pads (identity steps) in memory of its own. Against a float64 loop, 2^16 + 8 and 2^16 + 3 tokens
-    (four levels of blocks, then the loop)."""
-    for n in (65536 + 8, 65536 + 3):
+def test_blocked_scan_writes_into_e_and_hands_a_tail_state_to_the_blocks(dtype):
+    """The blocked scan works in place: its result is e itself, with no padding copy, also when N is
+    not a multiple of BLOCK (the last N mod BLOCK tokens go through the loop first and their state
+    reaches the blocks). Against a float64 loop, 2^16 + 8, + 3 and + 7 tokens (four levels of
+    blocks, then the loop), with f = 0 spots at and around the tail's edge."""
+    for n in (65536 + 8, 65536 + 3, 65536 + 7):
         rng = np.random.default_rng(n)
         f = torch.tensor(rng.choice([0.0, 0.9, 0.97, 1.0], size=n, p=[0.01, 0.1, 0.79, 0.1]), dtype=dtype)
+        f[n - n % torch_affine.BLOCK - 2:] = torch.tensor([0.97, 1.0, 0.5, 0.9, 1.0, 0.97, 0.9, 1.0, 0.8])[:2 + n % 8]
         e = torch.tensor(rng.normal(size=n), dtype=dtype)
-        f0, e0 = f.clone(), e.clone()
-        given = []
-
-        def empty():
-            given.append(torch.empty(n, dtype=dtype))
-            return given[-1]
-
-        s = torch_affine.reverse_affine_scan(f, e, empty=empty)
-        expected = loop_scan(f0, e0)
-        assert torch.equal(f, f0) and s.shape == (n,) and s.dtype == dtype
-        if n % torch_affine.BLOCK == 0:
-            assert s.data_ptr() == e.data_ptr() and len(given) == 2
-        else:
-            assert len(given) == 0
+        expected = loop_scan(f, e)
+        s = torch_affine.reverse_affine_scan(f, e)
+        assert s.data_ptr() == e.data_ptr() and s.shape == (n,) and s.dtype == dtype
         np.testing.assert_allclose(s.numpy(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12,
                                    atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_boundary_comparison_matches_torch_at_the_cut_and_off_the_numbers(dtype):
+    """`torch_schedule._compare` (numpy for float32 / float64 CPU scores) gives what torch's own
+    comparison gives: at the cut itself, one spacing either side, at +-inf and NaN (never a
+    boundary), into a given bool tensor or a new one."""
+    cut = torch_schedule.exact_cut(math.log(0.2), dtype, "below")
+    at = torch.tensor([cut], dtype=dtype)
+    near = [float(torch.nextafter(at, torch.tensor([x], dtype=dtype))) for x in (-math.inf, math.inf)]
+    score = torch.tensor([cut, *near, -math.inf, math.inf, math.nan, 0.0, -5.0], dtype=dtype)
+    for op, expected in (("lt", score < cut), ("gt", score > cut)):
+        given = torch.ones(score.shape[0], dtype=torch.bool)
+        got = torch_schedule._compare(op, score, cut, given)
+        assert got.data_ptr() == given.data_ptr() and torch.equal(got, expected)
+        assert torch.equal(torch_schedule._compare(op, score, cut, None), expected)
+    assert torch.equal(score < cut, torch.tensor([False, True, False, True, False, False, False, True]))
 
 
 @pytest.mark.parametrize("backend", ["torch", *TRITON])

@@ -2,8 +2,8 @@
 
 `reverse_affine_scan` composes pairs (f, e) within blocks, scans the blocks' totals the same way
 (recursively), then adds each block's incoming state in one fix-up: no Python loop over T. On the
-CPU the blocks are BLOCK consecutive tokens, stepped through token by token for all blocks at once
-in a transposed layout (`_blocked_scan`), and a column of at most SEQUENTIAL_MAX tokens (the
+CPU the blocks are BLOCK consecutive tokens, stepped through token by token for all blocks at once,
+one op per step on a strided view (`_blocked_scan`), and a column of at most SEQUENTIAL_MAX tokens (the
 totals' last level) is one Python loop in float64 (`_sequential_scan`), where a dozen tensor ops
 would cost more. On a GPU it is a log-depth doubling inside chunks of CHUNK tokens
 (`_doubling_scan`). Both only multiply and add, and multiplying by 0 propagates an inf or NaN as
@@ -12,7 +12,6 @@ the tensor ops do (inf * 0 is NaN). Their rounding is accounted for in `torch_sc
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 CHUNK = 128  # tokens per doubling block (off the CPU): 7 doubling steps, then a scan over N / 128 chunk totals
@@ -23,49 +22,46 @@ SEQUENTIAL_MAX = 128  # a CPU scan this short (the totals' last level) runs as a
 def reverse_affine_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, empty=None) -> torch.Tensor:
     """S [N] with S_t = e_t + f_t * S_{t+1} and S_N = 0, for 1-D f and e of length N, of one dtype
     (both consumed: they serve as work space). empty(): an uninitialised [N] tensor like f, for two
-    more of work space.
+    more of work space (the doubling's; the CPU's scan needs none).
 
     On the CPU the blocked scan (`_blocked_scan`); on other devices the doubling (`_doubling_scan`,
     in chunks of `chunk` tokens), whose few wide ops suit a GPU."""
     if f.shape[0] == 0:
         return e.clone()
     if f.device.type == "cpu":
-        return _blocked_scan(f, e, empty)
+        return _blocked_scan(f, e)
     return _doubling_scan(f, e, chunk, empty)
 
 
-def _blocked_scan(f: torch.Tensor, e: torch.Tensor, empty=None) -> torch.Tensor:
+def _blocked_scan(f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """`reverse_affine_scan` on the CPU, by blocks of BLOCK consecutive tokens scanned token by
-    token, all blocks at once. Token k * BLOCK + j sits at [j, k] of two [BLOCK, M] work arrays
-    (M = ceil(N / BLOCK) blocks), so that step j is one op on the contiguous row j:
-    (f, e)[j] <- (f[j] f[j+1], e[j] + f[j] e[j+1]) for j = BLOCK - 2 down to 0, after which [j, k]
-    holds the composition of the maps from token k * BLOCK + j to its block's end. Row 0 holds the
-    blocks' totals, scanned the same way (recursively, down to SEQUENTIAL_MAX); each block then adds
-    its incoming state times its products of f. 2 (BLOCK - 1) ops of M elements, one transpose in
-    per input and one out: on the CPU about half the doubling's time (docs/performance.md).
-    The result is written into e (into a padded copy of e when N is not a multiple of BLOCK) and
-    returned as [N]; f is only read."""
+    token, all blocks at once. Seen as [M, BLOCK] (M = N // BLOCK blocks), step j is one op on
+    column j, a strided view: (f, e)[:, j] <- (f[:, j] f[:, j+1], e[:, j] + f[:, j] e[:, j+1]) for
+    j = BLOCK - 2 down to 0, after which [k, j] holds the composition of the maps from token
+    k * BLOCK + j to its block's end. Column 0 holds the blocks' totals, scanned the same way
+    (recursively, down to SEQUENTIAL_MAX); each block then adds its incoming state times its
+    products of f in one contiguous op. 2 (BLOCK - 1) ops of M elements and one of N, in place: no
+    transposes and no work space (docs/performance.md). When N is not a multiple of BLOCK the last
+    N mod BLOCK tokens go first, through the loop, and hand their state to the blocks.
+    f and e: [N], one dtype, both consumed; the result is written into e and returned."""
     n = f.shape[0]
     if n <= SEQUENTIAL_MAX:
         return _sequential_scan(f, e)
     c = BLOCK
-    m = -(-n // c)
-    if m * c != n:
-        f, e = _identity_after(f, e, m * c - n)
-    F, E = (empty().view(c, m), empty().view(c, m)) if empty is not None and m * c == n else \
-        (torch.empty(c, m, dtype=f.dtype), torch.empty(c, m, dtype=e.dtype))
-    F.t().copy_(f.view(m, c))  # the transposes in: strided writes, the faster direction in torch
-    E.t().copy_(e.view(m, c))
-    fs, es = F.unbind(0), E.unbind(0)  # the rows as views, in one call rather than one per use
+    m = n // c
+    h = m * c  # the tokens in whole blocks
+    if h < n:  # the tail: at most BLOCK - 1 tokens, and the state arriving at the blocks' last token
+        e[h:] = _sequential_scan(f[h:], e[h:])
+        e[h - 1:h].addcmul_(f[h - 1:h], e[h:h + 1])
+    F, E = f[:h].view(m, c), e[:h].view(m, c)
+    fs, es = F.unbind(1), E.unbind(1)  # the columns as views, in one call rather than one per use
     for j in range(c - 2, -1, -1):
         es[j].addcmul_(fs[j], es[j + 1])
         fs[j].mul_(fs[j + 1])
     if m > 1:
-        totals = _blocked_scan(F[0], E[0].clone())  # S at each block's start
-        E[:, :-1].addcmul_(F[:, :-1], totals[None, 1:])  # the last block receives nothing
-    # the transpose out, by numpy: a strided read into contiguous memory takes torch twice as long
-    np.copyto(e.numpy().reshape(m, c), E.numpy().T)
-    return e[:n]
+        totals = _blocked_scan(fs[0].contiguous(), es[0].contiguous())  # S at each block's start
+        E[:-1].addcmul_(F[:-1], totals[1:, None])  # the last block's state arrived with the tail
+    return e
 
 
 def _doubling_scan(f: torch.Tensor, e: torch.Tensor, chunk: int = CHUNK, empty=None) -> torch.Tensor:

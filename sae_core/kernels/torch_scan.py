@@ -392,7 +392,10 @@ def scan(spec: EstimatorSpec, rows: Rows, sched: Schedule, dtype=torch.float64, 
         torch.sub(r[-1:], v[-1:], out=adv[-1:])
         if skip:
             adv.mul_(keep)
-    if not bool(torch.isfinite(adv.sum() + ret.sum())):  # an output is not finite (or just their sum)
+    # an output is not finite (or just their sum); without a critic's lambda A = R - V (or R - keep V)
+    # is not finite wherever R is not, so A's sum answers for both
+    total = adv.sum() if spec.critic_lam is None else adv.sum() + ret.sum()
+    if not bool(torch.isfinite(total)):
         if not careful:
             return adv, ret, torch.full_like(final, float("nan"))
         bad = ~(torch.isfinite(adv) & torch.isfinite(ret))
